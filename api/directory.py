@@ -1,0 +1,79 @@
+"""The models the API can route to: the union of the catalogs that live workers publish to Redis.
+
+The API never reads the models folder (it may run on another host); workers heart-beat their
+discovered catalog with an expiry. Read with a short cache so a request costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import msgpack
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from common import keys
+from common.discovery import ModelInfo, ModelType
+from common.errors import InvalidRequest, ModelNotFound, Unavailable
+
+CACHE_S = 1.0
+
+
+@dataclass
+class Snapshot:
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    taken_at: float = 0.0
+
+
+class ModelDirectory:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._snapshot = Snapshot()
+
+    async def snapshot(self, max_age_s: float = CACHE_S) -> Snapshot:
+        if time.monotonic() - self._snapshot.taken_at > max_age_s:
+            try:
+                self._snapshot = await self._read()
+            except (RedisError, OSError) as exc:
+                raise Unavailable(f"Redis is unreachable: {exc}") from exc
+        return self._snapshot
+
+    async def _read(self) -> Snapshot:
+        members = await cast(Awaitable[set[bytes]], self.redis.smembers(keys.WORKERS_SET))
+        ids = sorted(x.decode() for x in members)
+        records = await self.redis.mget([keys.worker_key(i) for i in ids]) if ids else []
+        snap = Snapshot(taken_at=time.monotonic())
+        dead = [i for i, raw in zip(ids, records, strict=True) if raw is None]
+        if dead:
+            await cast(Awaitable[int], self.redis.srem(keys.WORKERS_SET, *dead))
+        for raw in records:
+            if raw is None:
+                continue
+            record = msgpack.unpackb(raw, raw=False)
+            snap.workers.append({"id": record["id"], "types": record["types"], "ts_ms": record["ts_ms"]})
+            for model in record["models"]:
+                info = ModelInfo.from_dict(model)
+                snap.models.setdefault(info.id, info)
+            snap.problems.extend(record.get("problems", []))
+        return snap
+
+    async def resolve(self, model_id: str, model_type: ModelType) -> ModelInfo:
+        """The model a request names, checked against the endpoint's model type."""
+        snap = await self.snapshot()
+        if model_id not in snap.models:
+            snap = await self.snapshot(max_age_s=0.0)  # a worker may have just come up
+        info = snap.models.get(model_id)
+        if info is None:
+            if not snap.workers:
+                raise Unavailable("no worker is running: no models are available yet")
+            raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
+        if info.type is not model_type:
+            raise InvalidRequest(
+                f"'{model_id}' is a {info.type} model; this endpoint needs a {model_type} model",
+                param="model", code="wrong_model_type")
+        return info

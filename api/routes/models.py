@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.responses import JSONBytes
+from api.services import ServicesDep
+from common.discovery import ModelInfo
+from common.errors import ModelNotFound
+
+router = APIRouter(tags=["models"])
+
+OWNER = "llm-interface"
+
+
+def model_card(info: ModelInfo) -> dict[str, Any]:
+    """OpenAI's model object, plus what a local user wants to know."""
+    return {"id": info.id, "object": "model", "created": 0, "owned_by": OWNER, "type": str(info.type),
+            "size_bytes": info.size_bytes, "dtype": info.dtype, "architecture": info.architecture,
+            "max_length": info.max_length}
+
+
+@router.get("/v1/models")
+async def list_models(services: ServicesDep) -> JSONBytes:
+    snap = await services.directory.snapshot()
+    return JSONBytes({"object": "list", "data": [model_card(m) for m in snap.models.values()]})
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, services: ServicesDep) -> JSONBytes:
+    snap = await services.directory.snapshot()
+    info = snap.models.get(model_id)
+    if info is None:
+        raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
+    return JSONBytes(model_card(info))

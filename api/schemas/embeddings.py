@@ -1,0 +1,73 @@
+"""`POST /v1/embeddings`, as OpenAI defines it; the request converts itself into a worker job."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from array import array
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from common import keys
+from common.discovery import ModelType
+from common.errors import InvalidRequest
+from common.protocol import Job, new_request_id, now_ms
+
+EmbeddingInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+
+
+def encode_vector(raw: bytes, encoding_format: str) -> list[float] | str:
+    """Little-endian float32 bytes from the worker -> base64 text (as is) or a list of floats."""
+    if encoding_format == "base64":
+        return base64.b64encode(raw).decode("ascii")
+    values = array("f")
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(None, ge=1)
+    user: str | None = None
+
+    def inputs(self, max_inputs: int) -> list[str] | list[list[int]]:
+        """The input as a list of texts or of token lists, with OpenAI's emptiness rules."""
+        raw = self.input
+        items: list[Any] = [raw] if isinstance(raw, str) else list(raw)
+        if items and isinstance(items[0], int):
+            items = [items]  # one pre-tokenised input
+        if not items:
+            raise InvalidRequest("'input' must not be empty", param="input", code="empty_input")
+        if len(items) > max_inputs:
+            raise InvalidRequest(f"'input' has {len(items)} items; at most {max_inputs} are allowed",
+                                 param="input", code="too_many_inputs")
+        empty = [i for i, x in enumerate(items) if len(x) == 0]
+        if empty:
+            raise InvalidRequest(f"input[{empty[0]}] is empty", param="input", code="empty_input")
+        return items
+
+    def to_job(self, max_inputs: int, timeout_s: float) -> Job:
+        request_id = new_request_id("emb")
+        created = now_ms()
+        return Job(
+            id=request_id, kind=str(ModelType.EMBEDDING), model=self.model,
+            reply_to=keys.result_stream(request_id),
+            payload={"input": self.inputs(max_inputs), "dimensions": self.dimensions},
+            created_ms=created, deadline_ms=created + int(timeout_s * 1000),
+        )
+
+    def response(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode_vector(raw, self.encoding_format)}
+            for i, raw in enumerate(body["data"])
+        ]
+        tokens = int(body["prompt_tokens"])
+        return {"object": "list", "data": data, "model": self.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

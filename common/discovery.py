@@ -1,0 +1,313 @@
+"""Discovery of the models found in a models folder.
+
+Every direct sub-folder of the models folder is a candidate model.  Each one is analysed on its
+own: a broken folder becomes a :class:`DiscoveryProblem` and never stops the scan.  Only the
+standard library is used here (the API image has no torch / transformers).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class ModelType(StrEnum):
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+
+
+OVERRIDE_FILE = "llm-interface.json"
+CONFIG_FILE = "config.json"
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf"})
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+MAX_ID_LENGTH = 255
+
+
+class DiscoveryError(Exception):
+    """A model folder cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    type: ModelType
+    path: str
+    size_bytes: int
+    dtype: str | None
+    architecture: str | None
+    max_length: int | None
+    has_chat_template: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)  # deep copies options
+        data["type"] = self.type.value
+        return data
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict`; raises ValueError on a malformed dict."""
+        try:
+            options = d.get("options") or {}
+            if not isinstance(options, dict):
+                raise ValueError("options must be an object")
+            return cls(
+                id=str(d["id"]),
+                type=ModelType(d["type"]),
+                path=str(d["path"]),
+                size_bytes=int(d["size_bytes"]),
+                dtype=_opt_str(d.get("dtype")),
+                architecture=_opt_str(d.get("architecture")),
+                max_length=None if d.get("max_length") is None else int(d["max_length"]),
+                has_chat_template=bool(d["has_chat_template"]),
+                options=copy.deepcopy(options),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"invalid model info: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class DiscoveryProblem:
+    id: str
+    path: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelInfo]
+    problems: list[DiscoveryProblem]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_dict() for m in self.models.values()],
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def is_safe_model_id(model_id: str) -> bool:
+    """True when ``model_id`` can only name a direct child of the models folder."""
+    if not isinstance(model_id, str) or not model_id or len(model_id) > MAX_ID_LENGTH:
+        return False
+    if model_id.startswith("."):  # also covers "." and ".."
+        return False
+    return not any(ch in model_id for ch in ("/", "\\", "\x00", "%"))
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    """Both paths already resolved; ``path`` must be strictly below ``root``."""
+    return path != root and path.is_relative_to(root)
+
+
+def resolve_model_path(models_dir: str | Path, model_id: str) -> Path | None:
+    """Resolved folder of ``model_id``, or None when unsafe, missing or outside ``models_dir``."""
+    if not is_safe_model_id(model_id):
+        return None
+    try:
+        root = Path(models_dir).resolve(strict=True)
+        resolved = (root / model_id).resolve(strict=True)
+        if not resolved.is_dir() or not _is_inside(resolved, root):
+            return None
+    except (OSError, RuntimeError):
+        return None
+    return resolved
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DiscoveryError(f"{path.name} is not valid UTF-8 text") from exc
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DiscoveryError(f"{path.name} is not valid JSON: {exc}") from exc
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DiscoveryError(f"{path.name} must contain a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _read_optional_object(path: Path) -> dict[str, Any]:
+    return _read_json_object(path) if path.is_file() else {}
+
+
+def _read_override(folder: Path) -> tuple[ModelType | None, dict[str, Any]]:
+    """(type, options) from the optional override file; raises DiscoveryError when it is bad."""
+    data = _read_optional_object(folder / OVERRIDE_FILE)
+    raw_type = data.get("type")
+    model_type: ModelType | None = None
+    if raw_type is not None:
+        valid = [t.value for t in ModelType]
+        if not isinstance(raw_type, str) or raw_type.strip().lower() not in valid:
+            raise DiscoveryError(f"{OVERRIDE_FILE}: unknown type {raw_type!r} (expected one of {valid})")
+        model_type = ModelType(raw_type.strip().lower())
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise DiscoveryError(f"{OVERRIDE_FILE}: options must be a JSON object")
+    return model_type, options
+
+
+def _architectures(config: dict[str, Any]) -> list[str]:
+    archs = config.get("architectures")
+    if not isinstance(archs, list):
+        return []
+    return [a for a in archs if isinstance(a, str)]
+
+
+def _is_causal_lm(arch: str) -> bool:
+    return arch.endswith(CAUSAL_LM_SUFFIXES)
+
+
+def _detect_from_config(name: str, folder: Path, config: dict[str, Any]) -> ModelType:
+    """Rules 2-7 of the type detection (the override file is rule 1)."""
+    archs = _architectures(config)
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return ModelType.RERANKER
+    causal = any(_is_causal_lm(a) for a in archs)
+    if causal and ("rerank" in name.lower() or config.get("is_reranker") is True):
+        return ModelType.RERANKER
+    if any((folder / f).is_file() for f in ST_FILES):
+        return ModelType.EMBEDDING
+    if any(a.endswith("Model") and not _is_causal_lm(a) for a in archs):
+        return ModelType.EMBEDDING
+    if causal:
+        return ModelType.CHAT
+    raise DiscoveryError(
+        f"cannot tell the model type from architectures {archs}; add {OVERRIDE_FILE} with a type"
+    )
+
+
+def detect_type(folder: Path, config: dict[str, Any]) -> ModelType:
+    """Type of the model in ``folder``; raises DiscoveryError when it cannot tell."""
+    folder = Path(folder)
+    override_type, _ = _read_override(folder)
+    return override_type or _detect_from_config(folder.name, folder, config)
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if any((folder / f).is_file() for f in CHAT_TEMPLATE_FILES):
+        return True
+    template = _read_optional_object(folder / "tokenizer_config.json").get("chat_template")
+    return isinstance(template, str | list) and len(template) > 0
+
+
+def _weights_size(folder: Path) -> int:
+    """Sum of the weight files below ``folder`` (symlinked folders are not followed)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if Path(name).suffix.lower() not in WEIGHT_SUFFIXES:
+                continue
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue  # broken link or vanished file
+    return total
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _max_length(folder: Path, config: dict[str, Any]) -> int | None:
+    st_config = _read_optional_object(folder / "sentence_bert_config.json")
+    keys = (st_config.get("max_seq_length"), config.get("max_position_embeddings"), config.get("n_positions"))
+    return next((v for v in map(_positive_int, keys) if v is not None), None)
+
+
+def _dtype(config: dict[str, Any]) -> str | None:
+    for key in ("torch_dtype", "dtype"):
+        value = config.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _analyse(model_id: str, folder: Path) -> ModelInfo:
+    """Describe one (already resolved and checked) folder; raises DiscoveryError / OSError."""
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        raise DiscoveryError(f"no {CONFIG_FILE} in the folder")
+    config = _read_json_object(config_path)
+    override_type, options = _read_override(folder)
+    model_type = override_type or _detect_from_config(model_id, folder, config)
+    archs = _architectures(config)
+    return ModelInfo(
+        id=model_id,
+        type=model_type,
+        path=str(folder),
+        size_bytes=_weights_size(folder),
+        dtype=_dtype(config),
+        architecture=archs[0] if archs else None,
+        max_length=_max_length(folder, config),
+        has_chat_template=_has_chat_template(folder),
+        options=options,
+    )
+
+
+def _scan_entry(root: Path, entry: Path) -> ModelInfo | DiscoveryProblem | None:
+    """One direct child of the models folder: a model, a problem, or None (skipped)."""
+    name = entry.name
+    try:
+        if not entry.is_dir():
+            if entry.is_symlink() and not entry.exists():
+                return DiscoveryProblem(name, str(entry), "broken symbolic link")
+            return None  # plain file
+        if not is_safe_model_id(name):
+            return DiscoveryProblem(name, str(entry), "unsafe folder name (not usable as a model id)")
+        resolved = entry.resolve(strict=True)
+        if not _is_inside(resolved, root):
+            return DiscoveryProblem(name, str(entry), "resolves outside the models folder")
+        return _analyse(name, resolved)
+    except DiscoveryError as exc:
+        return DiscoveryProblem(name, str(entry), str(exc))
+    except OSError as exc:
+        return DiscoveryProblem(name, str(entry), f"cannot read the folder: {exc}")
+    except Exception as exc:  # never let one folder stop the scan
+        return DiscoveryProblem(name, str(entry), f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def scan_models(models_dir: str | Path) -> Catalog:
+    """Analyse every direct, non-hidden sub-folder of ``models_dir``; never raises for bad folders."""
+    given = Path(models_dir)
+    try:
+        root = given.resolve(strict=True)
+        if not root.is_dir():
+            raise NotADirectoryError(str(given))
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except FileNotFoundError:
+        return Catalog({}, [DiscoveryProblem("", str(given), "models folder does not exist")])
+    except (OSError, RuntimeError) as exc:
+        return Catalog({}, [DiscoveryProblem("", str(given), f"cannot read the models folder: {exc}")])
+    models: dict[str, ModelInfo] = {}
+    problems: list[DiscoveryProblem] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        result = _scan_entry(root, entry)
+        if isinstance(result, ModelInfo):
+            models[result.id] = result
+        elif result is not None:
+            problems.append(result)
+    return Catalog(dict(sorted(models.items())), problems)

@@ -1,0 +1,73 @@
+"""One Settings object, read from `LLM_*` environment variables and passed down.
+
+Nothing reads the environment at import time: call `Settings()` once at a process entry point.
+Every field is documented in README.md (keep the two in step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", frozen=True)
+
+    # --- where things are ---
+    models_dir: Path = Field(Path("./models"), description="Folder of model folders (HF layout).")
+    data_dir: Path = Field(Path("./data"), description="Batch files and embedded Redis data.")
+    host: str = Field("127.0.0.1", description="API bind address.")
+    port: int = Field(15530, ge=1, le=65535, description="API port.")
+    redis_url: str | None = Field(
+        None, description="Redis URL. Unset: `serve` starts an embedded redis-server."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- GPU memory budget and placement ---
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Worker device.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    available_gpu_memory_gb: float | None = Field(None, gt=0.0)
+    enable_gpu_memory_offload: bool = True
+    gpu_memory_offload_threshold_gb: float = Field(4.0, ge=0.0)
+    cpu_cache_gb: float = Field(8.0, ge=0.0, description="CPU memory for parked (evicted) models.")
+    model_cache_size: int = Field(1, ge=1, description="Resident models per type.")
+    auto_unload_models: bool = True
+    model_idle_ttl_s: float = Field(300.0, gt=0.0)
+
+    # --- vLLM (chat) ---
+    chat_engine: Literal["auto", "vllm", "transformers"] = "auto"
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_dtype: str = "auto"
+    vllm_max_model_len: int | None = Field(None, ge=16)
+    vllm_enforce_eager: bool = False
+    vllm_kv_cache_gb: float | None = Field(None, gt=0.0)
+
+    # --- embeddings ---
+    embedding_batch_tokens: int = Field(16384, ge=64, description="Padded tokens per micro-batch.")
+    embedding_max_batch_size: int = Field(256, ge=1)
+    embedding_truncate: bool = Field(True, description="Truncate over-long inputs (else 400).")
+    max_inputs_per_request: int = Field(2048, ge=1)
+
+    # --- transport ---
+    request_timeout_s: float = Field(600.0, gt=0.0)
+    result_ttl_s: int = Field(300, ge=5, description="Expiry of per-request result streams.")
+    worker_heartbeat_s: float = Field(2.0, gt=0.0)
+    worker_id: str | None = Field(None, description="Consumer name; default host-pid.")
+
+    @field_validator("vllm_dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        allowed = {"auto", "float32", "float16", "bfloat16", "half", "float", "fp32", "fp16", "bf16"}
+        if value not in allowed:
+            raise ValueError(f"must be one of {sorted(allowed)}")
+        return value
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+

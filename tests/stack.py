@@ -1,0 +1,119 @@
+"""Real processes for tests: a redis-server the test owns, and the API and worker as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@dataclass
+class RedisServer:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), *extra], stdout=subprocess.DEVNULL)
+        wait_until(self._pong, 10, "redis-server")
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@dataclass
+class Stack:
+    """The API and one worker, as the user runs them, against `redis_url`."""
+
+    redis_url: str
+    models_dir: Path
+    logdir: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    api: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"LLM_REDIS_URL": self.redis_url, "LLM_MODELS_DIR": str(self.models_dir),
+                    "LLM_PORT": str(self.port), "LLM_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "LLM_LOG_LEVEL": "INFO", **self.env_extra})
+        return env
+
+    def _spawn(self, role: str, name: str) -> subprocess.Popen[bytes]:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        log = (self.logdir / f"{name}.log").open("ab")
+        return subprocess.Popen([sys.executable, "-m", "common.cli", role], env=self.env(), cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn("worker", f"worker{len(self.workers)}")
+        self.workers.append(proc)
+        return proc
+
+    def start(self, expect_models: int = 1) -> None:
+        self.api = self._spawn("api", "api")
+        self.start_worker()
+        wait_until(lambda: self.health().get("models", 0) >= expect_models, 60, "API and worker ready")
+
+    def health(self) -> dict[str, object]:
+        data: dict[str, object] = httpx.get(f"{self.base_url}/v1/health", timeout=2).json()
+        return data
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.api]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.api]:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

@@ -1,0 +1,100 @@
+"""The micro-batching queue: one owner of the waiting sequences, batched by a token budget.
+
+Jobs are admitted already tokenised. `next_round` takes every waiting sequence of the model whose
+job has waited longest, sorts them by length (little padding) and cuts them into batches whose
+padded size (longest x count) stays within the token budget. Everything present when a round starts
+is served in that round, so no sequence waits behind more than one round. A sequence longer than
+the budget on its own still gets a batch of one: nothing is ever dropped or left to hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.protocol import Job
+
+
+@dataclass(eq=False)
+class Pending:
+    """One admitted job: its sequences, and their results as they come back."""
+
+    job: Job
+    entry_id: str
+    seqs: list[list[int]]
+    results: list[Any] = field(default_factory=list)
+    remaining: int = 0
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.seqs)
+        self.remaining = len(self.seqs)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.seqs)
+
+    def fill(self, index: int, value: Any) -> bool:
+        """Store one result; True when the job is complete."""
+        self.results[index] = value
+        self.remaining -= 1
+        return self.remaining == 0
+
+
+@dataclass(frozen=True)
+class Item:
+    pending: Pending
+    index: int
+
+    @property
+    def seq(self) -> list[int]:
+        return self.pending.seqs[self.index]
+
+
+def plan_batches(lengths: list[int], budget_tokens: int, max_items: int) -> list[list[int]]:
+    """Indices grouped into batches, by ascending length, padded size within the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = max(lengths[i], 1)
+        if current and (width * (len(current) + 1) > budget_tokens or len(current) >= max_items):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BatchQueue:
+    def __init__(self, budget_tokens: int, max_items: int) -> None:
+        self.budget_tokens = budget_tokens
+        self.max_items = max_items
+        self._waiting: list[Pending] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, pending: Pending) -> None:
+        self._waiting.append(pending)
+
+    def drop(self, gone: Callable[[Pending], bool]) -> list[Pending]:
+        """Remove (and return) waiting jobs for which `gone` is true: cancelled or expired."""
+        dropped = [p for p in self._waiting if gone(p)]
+        self._waiting = [p for p in self._waiting if not gone(p)]
+        return dropped
+
+    def waiting(self) -> list[Pending]:
+        return list(self._waiting)
+
+    def next_round(self) -> tuple[str, list[list[Item]]] | None:
+        """(model, batches) for the model whose oldest job has waited longest; None when idle."""
+        if not self._waiting:
+            return None
+        model = min(self._waiting, key=lambda p: p.job.created_ms).job.model
+        taken = [p for p in self._waiting if p.job.model == model]
+        self._waiting = [p for p in self._waiting if p.job.model != model]
+        items = [Item(p, i) for p in taken for i in range(len(p.seqs))]
+        plan = plan_batches([len(it.seq) for it in items], self.budget_tokens, self.max_items)
+        return model, [[items[i] for i in batch] for batch in plan]

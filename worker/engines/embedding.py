@@ -1,0 +1,133 @@
+"""Transformers embedding engine: tokenise, run padded length-sorted batches, pool, normalise."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.discovery import ModelType
+from common.errors import InvalidRequest
+from common.settings import Settings
+from worker.engines.base import Engine, pick_device
+from worker.engines.pooling import pool, read_spec
+
+# Characters kept of a text input before tokenising: far more than any model's window needs,
+# and it keeps a 1 MB string from costing seconds of tokenisation only to be truncated.
+_CHARS_PER_TOKEN_CAP = 32
+
+
+def _is_decoder(config: dict[str, Any]) -> bool:
+    archs = config.get("architectures") or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or bool(config.get("is_decoder"))
+
+
+def _dtype_for(device: str, config_dtype: str | None) -> torch.dtype:
+    if device == "cpu" or config_dtype in (None, "float32"):
+        return torch.float32
+    return torch.bfloat16 if config_dtype == "bfloat16" else torch.float16
+
+
+class EmbeddingInputs:
+    """The cheap half of an embedding model: tokenizer, pooling recipe and limits (no weights)."""
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        from transformers import AutoTokenizer
+
+        with (folder / "config.json").open(encoding="utf-8") as fh:
+            self.config: dict[str, Any] = json.load(fh)
+        self.settings = settings
+        self.spec = read_spec(folder, _is_decoder(self.config))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.spec.transformer_dir, local_files_only=True)
+        limits = [self.spec.max_seq_length, self.config.get("max_position_embeddings"),
+                  getattr(self.tokenizer, "model_max_length", None)]
+        self.max_length = min(int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+        self.vocab_size = int(self.config.get("vocab_size") or len(self.tokenizer))
+        self.dimension = int(self.config.get("hidden_size", 0)) * len(self.spec.modes)
+
+    def tokenize(self, inputs: list[str] | list[list[int]]) -> list[list[int]]:
+        """Token ids per input, truncated to the model's window (or a 400 if truncation is off)."""
+        truncate = self.settings.embedding_truncate
+        if inputs and isinstance(inputs[0], list):
+            ids = [[int(t) for t in x] for x in inputs]
+            if any(t < 0 or t >= self.vocab_size for x in ids for t in x):
+                raise InvalidRequest(f"token ids must be in [0, {self.vocab_size})", param="input")
+        else:
+            cap = self.max_length * _CHARS_PER_TOKEN_CAP
+            texts = [str(x)[:cap] for x in inputs]
+            if self.spec.lowercase:
+                texts = [t.lower() for t in texts]
+            ids = self._encode(texts, truncate)
+        too_long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        if too_long and not truncate:
+            i = too_long[0]
+            raise InvalidRequest(
+                f"input[{i}] has {len(ids[i])} tokens; this model takes at most {self.max_length}",
+                param="input", code="context_length_exceeded")
+        return [x[: self.max_length] for x in ids]
+
+    def _encode(self, texts: list[str], truncate: bool) -> list[list[int]]:
+        limit = self.max_length if truncate else None
+        if self.spec.chat_format:  # as sentence-transformers 6 does for its "message" modality
+            texts = [str(self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False))
+                     for t in texts]
+        encoded = self.tokenizer(texts, truncation=truncate, max_length=limit,
+                                 add_special_tokens=not self.spec.chat_format)
+        return [list(x) for x in encoded["input_ids"]]
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        if dimensions is not None and self.dimension and dimensions > self.dimension:
+            raise InvalidRequest(
+                f"dimensions={dimensions} is larger than the model's {self.dimension}", param="dimensions")
+
+
+class EmbeddingEngine(Engine):
+    model_type = ModelType.EMBEDDING
+
+    def load(self) -> None:
+        from transformers import AutoModel
+
+        self.inputs = EmbeddingInputs(Path(self.info.path), self.settings)
+        self.device = pick_device(self.settings)
+        self.model = AutoModel.from_pretrained(
+            self.inputs.spec.transformer_dir, dtype=_dtype_for(self.device, self.info.dtype),
+            local_files_only=True, trust_remote_code=False,
+        ).to(self.device).eval()
+
+    def unload(self) -> None:
+        del self.model
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.inference_mode()
+    def embed(self, batch: list[list[int]]) -> np.ndarray:
+        """Pooled (and normalised when the model says so) float32 vectors, one row per sequence."""
+        width = max(len(x) for x in batch)
+        ids = torch.full((len(batch), width), self.inputs.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        spec = self.inputs.spec
+        vectors = pool(hidden, mask, spec.modes).float()
+        if spec.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        return vectors.cpu().numpy()
+
+
+def shape_vector(vector: np.ndarray, dimensions: int | None) -> bytes:
+    """OpenAI `dimensions`: keep the first N values and re-normalise; little-endian float32 bytes."""
+    if dimensions is not None:
+        vector = vector[:dimensions]
+        norm = float(np.linalg.norm(vector))
+        vector = vector / norm if norm > 0 else vector
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
