@@ -12,24 +12,36 @@ from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker.batcher import BatchQueue, Item, Pending
 from worker.engines.embedding import EmbeddingEngine, shape_vector
+from worker.handler import Handler
 from worker.models import ModelManager
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingHandler:
+class EmbeddingHandler(Handler):
     model_type = ModelType.EMBEDDING
 
     def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport) -> None:
-        self.models = models
-        self.transport = transport
+        super().__init__(settings, models, transport)
         self.queue = BatchQueue(settings.embedding_batch_tokens, settings.embedding_max_batch_size)
+        self.max_waiting = 4 * settings.embedding_max_batch_size
         self._deliveries: dict[str, Delivery] = {}
+        self._work = asyncio.Event()
 
-    @property
-    def busy(self) -> bool:
-        return len(self.queue) > 0
+    def capacity(self) -> int:
+        return self.max_waiting - len(self._deliveries)
+
+    def idle(self) -> bool:
+        return not self._deliveries
+
+    async def run(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            while len(self.queue):
+                await self.serve_round()
+                self.room.set()
 
     async def admit(self, delivery: Delivery) -> None:
         job = delivery.job
@@ -42,6 +54,7 @@ class EmbeddingHandler:
             return
         self._deliveries[job.id] = delivery
         self.queue.add(Pending(job, delivery.entry_id, seqs))
+        self._work.set()
 
     async def serve_round(self) -> None:
         await self._drop_gone()

@@ -1,7 +1,8 @@
-"""The worker process: one event loop that reads jobs, admits them, and serves batched rounds.
+"""The worker process: per model type, a reader that admits jobs and a handler loop that serves them.
 
-Model compute runs in a thread (`asyncio.to_thread`), so the loop keeps replying and heart-beating.
-SIGTERM/SIGINT: stop reading, finish the round in hand, deregister, exit.
+Model compute runs in threads, so the event loop keeps reading, replying and heart-beating.
+SIGTERM/SIGINT: stop reading, let admitted jobs finish (up to a limit), deregister, exit; anything
+unfinished stays pending in Redis for a restart with the same `LLM_WORKER_ID`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from common.discovery import ModelType
-from common.errors import InvalidRequest
-from common.protocol import Message
+from common import keys
 from common.settings import Settings
 from worker.embed import EmbeddingHandler
+from worker.handler import Handler
 from worker.models import ModelManager
 from worker.transport import WorkerTransport, default_worker_id
 
@@ -25,63 +27,89 @@ log = logging.getLogger(__name__)
 
 RESCAN_EVERY_S = 30.0
 IDLE_BLOCK_MS = 1000
+DRAIN_LIMIT_S = 30.0
 
 
 class Worker:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
-        self.redis = redis
-        self.types = [ModelType.EMBEDDING]
-        self.transport = WorkerTransport(redis, settings.worker_id or default_worker_id(), self.types,
-                                         settings.result_ttl_s)
         self.models = ModelManager(settings)
-        self.handlers = {str(ModelType.EMBEDDING): EmbeddingHandler(settings, self.models, self.transport)}
+        handler_types: list[type[Handler]] = [EmbeddingHandler]
+        self.transport = WorkerTransport(redis, settings.worker_id or default_worker_id(),
+                                         [h.model_type for h in handler_types], settings.result_ttl_s)
+        self.handlers = [h(settings, self.models, self.transport) for h in handler_types]
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
         self.models.rescan()
         await self.transport.setup()
-        heartbeat = asyncio.create_task(self._heartbeat())
         log.info("worker %s serving %d models from %s", self.transport.worker_id,
                  len(self.models.catalog.models), self.settings.models_dir)
-        try:
-            while not self.stopping.is_set():
-                await self._step()
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await self.transport.deregister()
+        serving = [asyncio.create_task(h.run()) for h in self.handlers]
+        readers = [asyncio.create_task(self._consume(h)) for h in self.handlers]
+        heartbeat = asyncio.create_task(self._heartbeat())
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([stop, *serving, *readers, heartbeat], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in done if t is not stop and not t.cancelled() and t.exception() is not None]
+        for task in crashed:
+            log.error("worker task failed; exiting", exc_info=task.exception())
+        await _cancel([*readers, stop])
+        if not crashed:
+            await self._drain()
+        await _cancel([*serving, heartbeat])
+        await self.transport.deregister()
+        if crashed:
+            raise SystemExit(1)
 
-    async def _step(self) -> None:
-        busy = any(h.busy for h in self.handlers.values())
-        for delivery in await self.transport.read(None if busy else IDLE_BLOCK_MS):
-            handler = self.handlers.get(delivery.job.kind)
-            if handler is None:
-                error = InvalidRequest(f"this worker does not serve {delivery.job.kind} jobs")
-                await self.transport.reply(delivery, Message.error(error))
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_LIMIT_S
+        while not all(h.idle() for h in self.handlers) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _consume(self, handler: Handler) -> None:
+        stream = keys.job_stream(str(handler.model_type))
+        while True:
+            room = handler.capacity()
+            if room <= 0:
+                handler.room.clear()
+                await handler.room.wait()
                 continue
-            await handler.admit(delivery)
-        for handler in self.handlers.values():
-            if handler.busy:
-                await handler.serve_round()
+            try:
+                deliveries = await self.transport.read(stream, room, IDLE_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                log.warning("reading %s failed (%s); retrying", stream, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for delivery in deliveries:
+                await handler.admit(delivery)
 
     async def _heartbeat(self) -> None:
         period = self.settings.worker_heartbeat_s
-        last_scan = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        last_scan = loop.time()
+        types = [h.model_type for h in self.handlers]
         while True:
-            if asyncio.get_running_loop().time() - last_scan > RESCAN_EVERY_S:
+            if loop.time() - last_scan > RESCAN_EVERY_S:
                 self.models.rescan()
-                last_scan = asyncio.get_running_loop().time()
+                last_scan = loop.time()
             try:
-                await self.transport.register(self.models.catalog, self.types, ttl_s=period * 5)
-            except Exception:  # Redis away: keep trying, the main loop reports it too
+                await self.transport.register(self.models.catalog, types, ttl_s=period * 5)
+            except (RedisError, OSError):
                 log.warning("heartbeat failed", exc_info=True)
             await asyncio.sleep(period)
 
 
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def serve(settings: Settings) -> None:
-    redis = Redis.from_url(settings.effective_redis_url)
+    redis = Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2.0)
     worker = Worker(settings, redis)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

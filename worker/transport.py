@@ -44,25 +44,26 @@ class WorkerTransport:
         self.worker_id = worker_id
         self.streams = [keys.job_stream(str(t)) for t in types]
         self.result_ttl_s = result_ttl_s
-        self._backlog = True  # first read our own pending entries (a restart with the same id)
+        # First walk our own pending entries (a restart with the same worker id), then new ones.
+        self._cursor: dict[str, str] = dict.fromkeys(self.streams, "0")
 
     async def setup(self) -> None:
         for stream in self.streams:
             await ensure_group(self.redis, stream)
 
-    async def read(self, block_ms: int | None, count: int = 512) -> list[Delivery]:
-        start = "0" if self._backlog else ">"
-        reply = await self.redis.xreadgroup(
-            keys.WORKER_GROUP, self.worker_id, dict.fromkeys(self.streams, start),
-            count=count, block=None if self._backlog else block_ms)
+    async def read(self, stream: str, count: int, block_ms: int) -> list[Delivery]:
+        """Up to `count` jobs from one stream, blocking up to `block_ms` for new ones."""
+        cursor = self._cursor[stream]
+        reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, {stream: cursor},
+                                            count=count, block=None if cursor != ">" else block_ms)
+        entries = reply[0][1] if reply else []
+        if cursor != ">":
+            self._cursor[stream] = entries[-1][0].decode() if entries else ">"
         out: list[Delivery] = []
-        for stream, entries in reply or []:
-            for entry_id, fields in entries:
-                delivery = await self._decode(stream.decode(), entry_id.decode(), fields)
-                if delivery is not None:
-                    out.append(delivery)
-        if self._backlog and not out:
-            self._backlog = False
+        for entry_id, fields in entries:
+            delivery = await self._decode(stream, entry_id.decode(), fields)
+            if delivery is not None:
+                out.append(delivery)
         return out
 
     async def _decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None) -> Delivery | None:
