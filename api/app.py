@@ -7,10 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
-from api.routes import embeddings, health, models
+from api import errors, stats
+from api.auth import BearerAuth
+from api.batch_service import BatchService
+from api.limits import BodyLimit
+from api.metrics import MeasureRequests, Metrics
+from api.routes import batches, chat, embeddings, files, health, models, rerank, status
 from api.services import Services
 from common.settings import Settings
+
+JSON_PATHS = ("/v1/embeddings", "/v1/chat/completions", "/v1/completions")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,13 +27,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = Services.create(settings)
         app.state.services = services
         await services.start()
+        app.state.batches = BatchService(services)
+        await app.state.batches.start()
         try:
             yield
         finally:
+            await app.state.batches.close()
             await services.close()
 
     app = FastAPI(title="Local LLM Interface", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    for module in (embeddings, models, health):
+    stats.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, paths=(*JSON_PATHS, *rerank.PATHS))
+    app.add_middleware(BearerAuth, settings=settings)
+    app.state.metrics = Metrics()
+    app.add_middleware(MeasureRequests, metrics=app.state.metrics)  # outermost: counts 401s and 413s too
+    for module in (chat, embeddings, models, health, status, rerank, files, batches):
         app.include_router(module.router)
     return app

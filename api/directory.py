@@ -27,6 +27,7 @@ class Snapshot:
     workers: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, dict[str, str]] = field(default_factory=dict)  # model id -> loaded / failed (+ error)
     taken_at: float = 0.0
 
 
@@ -34,11 +35,14 @@ class ModelDirectory:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._snapshot = Snapshot()
+        # Models seen served before: while every worker is down (a restart), their jobs still queue.
+        self._known: dict[str, ModelInfo] = {}
 
     async def snapshot(self, max_age_s: float = CACHE_S) -> Snapshot:
         if time.monotonic() - self._snapshot.taken_at > max_age_s:
             try:
                 self._snapshot = await self._read()
+                self._known.update(self._snapshot.models)
             except (RedisError, OSError) as exc:
                 raise Unavailable(f"Redis is unreachable: {exc}") from exc
         return self._snapshot
@@ -55,11 +59,15 @@ class ModelDirectory:
             if raw is None:
                 continue
             record = msgpack.unpackb(raw, raw=False)
-            snap.workers.append({"id": record["id"], "types": record["types"], "ts_ms": record["ts_ms"]})
+            snap.workers.append({"id": record["id"], "types": record["types"], "ts_ms": record["ts_ms"],
+                                 "stats": record.get("stats", {})})
             for model in record["models"]:
                 info = ModelInfo.from_dict(model)
                 snap.models.setdefault(info.id, info)
             snap.problems.extend(record.get("problems", []))
+            for model_id, state in record.get("states", {}).items():
+                if snap.states.get(model_id, {}).get("state") != "loaded":  # loaded anywhere wins
+                    snap.states[model_id] = state
         return snap
 
     async def resolve(self, model_id: str, model_type: ModelType) -> ModelInfo:
@@ -67,7 +75,7 @@ class ModelDirectory:
         snap = await self.snapshot()
         if model_id not in snap.models:
             snap = await self.snapshot(max_age_s=0.0)  # a worker may have just come up
-        info = snap.models.get(model_id)
+        info = snap.models.get(model_id) or (None if snap.workers else self._known.get(model_id))
         if info is None:
             if not snap.workers:
                 raise Unavailable("no worker is running: no models are available yet")
@@ -77,3 +85,15 @@ class ModelDirectory:
                 f"'{model_id}' is a {info.type} model; this endpoint needs a {model_type} model",
                 param="model", code="wrong_model_type")
         return info
+
+    async def default_model(self, model_type: ModelType) -> str:
+        """The model a request that names none gets (TEI clients): the only one of its type, else a 400."""
+        snap = await self.snapshot()
+        ids = sorted(m.id for m in snap.models.values() if m.type is model_type)
+        if len(ids) == 1:
+            return ids[0]
+        if not snap.workers:
+            raise Unavailable("no worker is running: no models are available yet")
+        served = ", ".join(ids) or "none"
+        raise InvalidRequest(f"'model' is required unless exactly one {model_type} model is served ({served})",
+                             param="model", code="model_required")

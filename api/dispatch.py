@@ -5,37 +5,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.results import ResultRouter
 from common import keys
-from common.errors import DeadlineExceeded, Unavailable, from_wire
-from common.protocol import DATA_FIELD, Job, Message, MessageKind
+from common.errors import DeadlineExceeded, Overloaded, Unavailable, from_wire
+from common.protocol import DATA_FIELD, Job, Message, MessageKind, now_ms
+
+# Atomically: refuse past the queue limit, else append the job and wake this API's read loop.
+_SUBMIT = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+local id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'r', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return id
+"""
+# While a started answer is silent this long, check that the worker serving it is alive.
+STALL_CHECK_S = 1.0
 
 
 class Dispatcher:
-    def __init__(self, redis: Redis, router: ResultRouter, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, router: ResultRouter, ttl_s: int, max_queued: int) -> None:
         self.redis = redis
         self.router = router
         self.ttl_s = ttl_s
+        self.max_queued = max_queued
+        self._submit = redis.register_script(_SUBMIT)
 
-    async def submit(self, job: Job) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(keys.job_stream(job.kind), {DATA_FIELD: job.encode()})
-        pipe.xadd(self.router.wake_key, {b"r": job.id.encode()}, maxlen=keys.WAKE_STREAM_MAXLEN,
-                  approximate=True)
-        pipe.expire(self.router.wake_key, self.ttl_s)
+    async def submit(self, job: Job) -> str:
+        """Append the job (429 past the queue limit, 503 when Redis is away); its stream entry id."""
+        args: list[Any] = [self.max_queued, DATA_FIELD, job.encode(), keys.WAKE_STREAM_MAXLEN, job.id, self.ttl_s]
         try:
-            await pipe.execute()
+            entry_id = await self._submit(keys=[keys.job_stream(job.kind), self.router.wake_key], args=args)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"the job queue is unreachable: {exc}") from exc
+        if entry_id is None:
+            raise Overloaded(f"{self.max_queued} {job.kind} jobs are already waiting; retry shortly")
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def cancel(self, request_id: str) -> None:
         """Tell the workers this request's caller has gone (best effort)."""
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.set(keys.cancel_key(request_id), b"1", ex=self.ttl_s)
+            await self.redis.set(keys.cancel_key(request_id), str(now_ms()), ex=self.ttl_s)
 
     async def call(self, job: Job, timeout_s: float) -> Message:
         """Submit and wait for the terminal message; errors from the worker are raised."""
@@ -45,11 +59,12 @@ class Dispatcher:
         raise Unavailable("the worker ended the job without a result")
 
     async def stream(self, job: Job, timeout_s: float) -> AsyncIterator[Message]:
-        """Yield the job's messages until the terminal one; raise its error or a 504 on deadline."""
+        """Yield the job's messages until the terminal one; raise its error, a 504 on deadline, or a
+        503 when the worker serving a started answer died."""
         queue = self.router.open(job.id)
-        finished = False
+        finished = started = False
         try:
-            await self.submit(job)
+            entry_id = await self.submit(job)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout_s
             while True:
@@ -57,13 +72,15 @@ class Dispatcher:
                 if remaining <= 0:
                     raise DeadlineExceeded(f"no answer within {timeout_s:g} s")
                 try:
-                    message = await asyncio.wait_for(queue.get(), remaining)
+                    message = await asyncio.wait_for(queue.get(), min(remaining, STALL_CHECK_S))
                 except TimeoutError:
+                    if started and await self._owner_dead(job.kind, entry_id):
+                        raise Unavailable("the worker serving this request stopped; please retry") from None
                     continue
                 if message.kind is MessageKind.ERROR:
                     finished = True
                     raise from_wire(message.body)
-                finished = message.terminal
+                finished, started = message.terminal, True
                 yield message
                 if finished:
                     return
@@ -71,3 +88,14 @@ class Dispatcher:
             self.router.close(job.id)
             if not finished:
                 await asyncio.shield(self.cancel(job.id))
+
+    async def _owner_dead(self, kind: str, entry_id: str) -> bool:
+        """The job is held by a worker whose heartbeat has expired."""
+        try:
+            pending: Any = await self.redis.xpending_range(keys.job_stream(kind), keys.WORKER_GROUP,
+                                                           min=entry_id, max=entry_id, count=1)
+            if not pending:
+                return False
+            return not await self.redis.exists(keys.worker_key(pending[0]["consumer"].decode()))
+        except (RedisError, OSError):
+            return False

@@ -32,8 +32,8 @@ class Services:
         redis = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
         reader = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=_READ_SOCKET_TIMEOUT_S)
         router = ResultRouter(reader, api_id=uuid.uuid4().hex)
-        return cls(settings, redis, router, Dispatcher(redis, router, settings.result_ttl_s),
-                   ModelDirectory(redis))
+        dispatcher = Dispatcher(redis, router, settings.result_ttl_s, settings.max_queued_jobs)
+        return cls(settings, redis, router, dispatcher, ModelDirectory(redis))
 
     async def start(self) -> None:
         await self.router.start()

@@ -1,4 +1,4 @@
-"""`llm-interface`: serve (local mode: Redis + API + worker), api, worker, models."""
+"""`llm-interface`: serve (local mode: Redis + API + worker), api, worker, models, worker-health, batch watch."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def _run_api(settings: Settings) -> None:
 
     from api.app import create_app
 
+    # SIGTERM: stop accepting, let open requests and streams finish for up to 30 s, then close.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30)
 
 
 def _run_worker(settings: Settings) -> None:
@@ -31,7 +32,7 @@ def _run_worker(settings: Settings) -> None:
 def _list_models(settings: Settings) -> None:
     from common.discovery import scan_models
 
-    catalog = scan_models(settings.models_dir)
+    catalog = scan_models(settings.models_dir, settings.load_policy)
     print(f"{'MODEL':40} {'TYPE':10} {'SIZE':>10}  ARCHITECTURE")
     for m in catalog.models.values():
         print(f"{m.id:40} {m.type!s:10} {m.size_bytes / 2**20:>8.1f}MB  {m.architecture or '-'}")
@@ -42,10 +43,12 @@ def _list_models(settings: Settings) -> None:
 def _serve(settings: Settings) -> int:
     """Everything on this machine: embedded Redis (unless LLM_REDIS_URL), the API and one worker."""
     procs: list[subprocess.Popen[bytes]] = []
+    redis_procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
     if settings.redis_url is None:
         redis_proc, url = embedded_redis.start(settings.data_dir / "redis")
         procs.append(redis_proc)
+        redis_procs.append(redis_proc)
         env["LLM_REDIS_URL"] = url
         print(f"embedded Redis at {url}", flush=True)
     for role in ("worker", "api"):
@@ -67,24 +70,44 @@ def _serve(settings: Settings) -> int:
             print(f"a child process exited ({exited[0].args!r}); stopping", file=sys.stderr)
             break
         time.sleep(0.2)
-    for p in reversed(procs):  # API and worker first, Redis last
+    # API and worker first (the worker finishes admitted jobs, which needs Redis), Redis last.
+    _terminate([p for p in procs if p not in redis_procs], timeout_s=45)
+    _terminate(redis_procs, timeout_s=15)
+    return code
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    for p in procs:
         if p.poll() is None:
             p.terminate()
-    for p in reversed(procs):
+    for p in procs:
         try:
-            p.wait(timeout=15)
+            p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             p.kill()
-    return code
+            p.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-interface", description=__doc__)
-    parser.add_argument("command", choices=["serve", "api", "worker", "models"])
+    parser.add_argument("command", choices=["serve", "api", "worker", "models", "worker-health", "batch"])
+    parser.add_argument("args", nargs="*", help="batch: `watch BATCH_ID` (a progress bar of its request counts)")
+    parser.add_argument("--base-url", help="batch: the API's URL (default http://127.0.0.1:LLM_PORT)")
     args = parser.parse_args(argv)
     settings = Settings()
+    if args.command == "batch":
+        if len(args.args) != 2 or args.args[0] != "watch":
+            parser.error("usage: llm-interface batch watch BATCH_ID")
+        from common.batch_watch import watch
+
+        key = next((k.strip() for k in settings.api_keys.split(",") if k.strip()), None)
+        return watch(args.base_url or f"http://127.0.0.1:{settings.port}", args.args[1], key)
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "worker-health":  # the worker container's healthcheck
+        from common import healthcheck
+
+        return healthcheck.main(settings)
     {"api": _run_api, "worker": _run_worker, "models": _list_models}[args.command](settings)
     return 0
 

@@ -244,12 +244,36 @@ def _dtype(config: dict[str, Any]) -> str | None:
     return None
 
 
-def _analyse(model_id: str, folder: Path) -> ModelInfo:
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What a model folder may make the worker execute (LLM_TRUST_REMOTE_CODE, LLM_ALLOW_PICKLE_WEIGHTS)."""
+
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
+
+
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth"})
+
+
+def _check_policy(folder: Path, config: dict[str, Any], policy: LoadPolicy) -> None:
+    """Refuse folders that would run code from the folder unless explicitly allowed."""
+    tokenizer_config = _read_optional_object(folder / "tokenizer_config.json")
+    if not policy.trust_remote_code and ("auto_map" in config or "auto_map" in tokenizer_config):
+        raise DiscoveryError("needs remote code (auto_map); set LLM_TRUST_REMOTE_CODE=true to allow it")
+    if policy.allow_pickle_weights:
+        return
+    suffixes = {Path(name).suffix.lower() for _, _, files in os.walk(folder) for name in files}
+    if suffixes & PICKLE_SUFFIXES and not suffixes & (WEIGHT_SUFFIXES - PICKLE_SUFFIXES):
+        raise DiscoveryError("ships only pickle weights (.bin/.pt); set LLM_ALLOW_PICKLE_WEIGHTS=true to allow them")
+
+
+def _analyse(model_id: str, folder: Path, policy: LoadPolicy) -> ModelInfo:
     """Describe one (already resolved and checked) folder; raises DiscoveryError / OSError."""
     config_path = folder / CONFIG_FILE
     if not config_path.exists():
         raise DiscoveryError(f"no {CONFIG_FILE} in the folder")
     config = _read_json_object(config_path)
+    _check_policy(folder, config, policy)
     override_type, options = _read_override(folder)
     model_type = override_type or _detect_from_config(model_id, folder, config)
     archs = _architectures(config)
@@ -266,7 +290,7 @@ def _analyse(model_id: str, folder: Path) -> ModelInfo:
     )
 
 
-def _scan_entry(root: Path, entry: Path) -> ModelInfo | DiscoveryProblem | None:
+def _scan_entry(root: Path, entry: Path, policy: LoadPolicy) -> ModelInfo | DiscoveryProblem | None:
     """One direct child of the models folder: a model, a problem, or None (skipped)."""
     name = entry.name
     try:
@@ -279,7 +303,7 @@ def _scan_entry(root: Path, entry: Path) -> ModelInfo | DiscoveryProblem | None:
         resolved = entry.resolve(strict=True)
         if not _is_inside(resolved, root):
             return DiscoveryProblem(name, str(entry), "resolves outside the models folder")
-        return _analyse(name, resolved)
+        return _analyse(name, resolved, policy)
     except DiscoveryError as exc:
         return DiscoveryProblem(name, str(entry), str(exc))
     except OSError as exc:
@@ -288,7 +312,7 @@ def _scan_entry(root: Path, entry: Path) -> ModelInfo | DiscoveryProblem | None:
         return DiscoveryProblem(name, str(entry), f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def scan_models(models_dir: str | Path) -> Catalog:
+def scan_models(models_dir: str | Path, policy: LoadPolicy = LoadPolicy()) -> Catalog:
     """Analyse every direct, non-hidden sub-folder of ``models_dir``; never raises for bad folders."""
     given = Path(models_dir)
     try:
@@ -305,7 +329,7 @@ def scan_models(models_dir: str | Path) -> Catalog:
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        result = _scan_entry(root, entry)
+        result = _scan_entry(root, entry, policy)
         if isinstance(result, ModelInfo):
             models[result.id] = result
         elif result is not None:

@@ -40,7 +40,9 @@ def start(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[byt
     proc = subprocess.Popen(
         [find_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
          "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL)
+        # Its own session: a terminal's Ctrl-C reaches the API and worker, while Redis stays up for them to
+        # finish (the worker acknowledges its last jobs) until `serve` stops it last.
+        stdout=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

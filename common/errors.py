@@ -58,6 +58,14 @@ class PayloadTooLarge(ServiceError):
     default_code = "payload_too_large"
 
 
+class ValidationFailed(ServiceError):
+    """A body of the wrong shape (what FastAPI answers with 422), found outside a route: batch lines."""
+
+    status = 422
+    err_type = "invalid_request_error"
+    default_code = "validation_error"
+
+
 class Overloaded(ServiceError):
     status = 429
     err_type = "rate_limit_error"

@@ -17,6 +17,10 @@ RESULT_STREAM_MAXLEN = 100_000
 WAKE_STREAM_PREFIX = PREFIX + "wake:"
 WAKE_STREAM_MAXLEN = 1_000
 
+# Jobs that crashed workers too often (LLM_MAX_DELIVERIES), per model type, for inspection.
+DEAD_LETTER_PREFIX = PREFIX + "dead:"
+DEAD_LETTER_MAXLEN = 10_000
+
 # Set when the caller of a request has gone (disconnect): the worker skips or aborts the job.
 CANCEL_PREFIX = PREFIX + "cancel:"
 
@@ -24,9 +28,48 @@ CANCEL_PREFIX = PREFIX + "cancel:"
 WORKERS_SET = PREFIX + "workers"
 WORKER_PREFIX = PREFIX + "worker:"
 
+# Batch API (api/batch_*.py). Each job stream has a lower-priority lane, `llm:jobs:{type}:batch`, read
+# through the same consumer group only while no interactive job waits.
+BATCH_LANE_SUFFIX = ":batch"
+# Per batch: a hash (the batch object and its progress), `:done` (bitmap of finished input lines),
+# `:jobs` (hash of the batch's jobs in flight) and `:lease` (which process drives it now).
+BATCH_PREFIX = PREFIX + "batch:"
+BATCH_INDEX = PREFIX + "batches"  # sorted set: batch ids by creation time (ms)
+BATCH_ACTIVE = PREFIX + "batches:active"  # set: batches not yet completed, failed, expired or cancelled
+# arq's queue (the batch lifecycle jobs); arq's own keys use its fixed prefix `arq:`.
+ARQ_QUEUE = PREFIX + "arq:queue"
+
 
 def job_stream(model_type: str) -> str:
     return JOB_STREAM_PREFIX + model_type
+
+
+def batch_stream(model_type: str) -> str:
+    return job_stream(model_type) + BATCH_LANE_SUFFIX
+
+
+def is_batch_stream(stream: str) -> bool:
+    return stream.startswith(JOB_STREAM_PREFIX) and stream.endswith(BATCH_LANE_SUFFIX)
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id
+
+
+def batch_done_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":done"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":jobs"
+
+
+def batch_lease_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id + ":lease"
+
+
+def dead_letter_stream(model_type: str) -> str:
+    return DEAD_LETTER_PREFIX + model_type
 
 
 def result_stream(request_id: str) -> str:

@@ -18,6 +18,9 @@ from common.errors import ServiceError
 
 WIRE_VERSION = 1
 DATA_FIELD = b"d"
+# Beside DATA_FIELD on result-stream entries: which run of the job wrote it (worker id and process), so
+# a reader that gathers a job's deltas can start over when a restarted worker runs the job again.
+ATTEMPT_FIELD = b"a"
 
 
 class WireError(ValueError):

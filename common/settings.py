@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.discovery import LoadPolicy
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -38,6 +40,11 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(1, ge=1, description="Resident models per type.")
     auto_unload_models: bool = True
     model_idle_ttl_s: float = Field(300.0, gt=0.0)
+    switch_starvation_s: float = Field(
+        30.0, gt=0.0, description="A job waiting this long for another model forces a switch."
+    )
+    pinned_models: str = Field("", description="Comma-separated model ids kept resident (never evicted).")
+    load_retry_backoff_s: float = Field(30.0, gt=0.0, description="Wait before retrying a failed load.")
 
     # --- vLLM (chat) ---
     chat_engine: Literal["auto", "vllm", "transformers"] = "auto"
@@ -46,6 +53,7 @@ class Settings(BaseSettings):
     vllm_max_model_len: int | None = Field(None, ge=16)
     vllm_enforce_eager: bool = False
     vllm_kv_cache_gb: float | None = Field(None, gt=0.0)
+    chat_max_n: int = Field(16, ge=1, description="Largest `n` (choices per request).")
 
     # --- embeddings ---
     embedding_batch_tokens: int = Field(16384, ge=64, description="Padded tokens per micro-batch.")
@@ -53,10 +61,32 @@ class Settings(BaseSettings):
     embedding_truncate: bool = Field(True, description="Truncate over-long inputs (else 400).")
     max_inputs_per_request: int = Field(2048, ge=1)
 
+    # --- rerank ---
+    rerank_batch_tokens: int = Field(16384, ge=64, description="Padded tokens per rerank micro-batch.")
+    rerank_max_batch_size: int = Field(128, ge=1, description="(query, document) pairs per micro-batch.")
+    rerank_max_documents: int = Field(1000, ge=1, description="Documents per rerank request.")
+    rerank_max_tokens_per_doc: int = Field(8192, ge=1, description="Tokens of one document (or the query).")
+
+    # --- batch API ---
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Size of an uploaded file.")
+    batch_max_lines: int = Field(50_000, ge=1, description="Lines (requests) of an uploaded file.")
+    batch_completion_window_s: float = Field(
+        86_400.0, gt=0.0, description="How long `completion_window: 24h` lasts (shorter for tests).")
+    batch_window_lines: int = Field(1024, ge=1, description="Lines of one batch in flight at once.")
+    batch_job_inputs: int = Field(256, ge=1, description="Embedding inputs grouped into one batch job.")
+
     # --- transport ---
     request_timeout_s: float = Field(600.0, gt=0.0)
     result_ttl_s: int = Field(300, ge=5, description="Expiry of per-request result streams.")
-    worker_heartbeat_s: float = Field(2.0, gt=0.0)
+    worker_heartbeat_s: float = Field(1.0, gt=0.0, description="A worker is dead after 3 missed beats.")
+    max_deliveries: int = Field(3, ge=1, description="Deliveries before a job is dead-lettered.")
+    max_queued_jobs: int = Field(10_000, ge=1, description="Waiting jobs per model type before 429.")
+    trust_remote_code: bool = Field(False, description="Allow model folders that need remote code.")
+    allow_pickle_weights: bool = Field(False, description="Allow folders with only pickle (.bin/.pt) weights.")
+    api_keys: str = Field("", description="Comma-separated Bearer keys; empty = open.")
+    admin_api_keys: str = Field("", description="Comma-separated keys for /admin/ routes.")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Request body size of JSON endpoints.")
+    debug_crash_on: str | None = Field(None, description="Tests only: the worker exits on a job containing this.")
     worker_id: str | None = Field(None, description="Consumer name; default host-pid.")
 
     @field_validator("vllm_dtype")
@@ -66,6 +96,14 @@ class Settings(BaseSettings):
         if value not in allowed:
             raise ValueError(f"must be one of {sorted(allowed)}")
         return value
+
+    @property
+    def pinned_model_ids(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.pinned_models.split(",") if m.strip())
+
+    @property
+    def load_policy(self) -> LoadPolicy:
+        return LoadPolicy(self.trust_remote_code, self.allow_pickle_weights)
 
     @property
     def effective_redis_url(self) -> str:

@@ -28,6 +28,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "transformer_task": "feature-extraction", "module_output_name": "token_embeddings",
         "modality_config": {"text": modality, "message": {**modality, "format": "flat"}},
         "max_seq_length": 256, "do_lower_case": False}))
+    # A chat model served by the transformers fallback engine (per-folder option).
+    hf_chat = root / "tiny-qwen2-chat-hf"
+    shutil.copytree(root / "tiny-qwen2-chat", hf_chat)
+    (hf_chat / "llm-interface.json").write_text(json.dumps({"options": {"chat_engine": "transformers"}}))
     return root
 
 

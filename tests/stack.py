@@ -55,7 +55,7 @@ class RedisServer:
     def _pong(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up (with or without a password)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -72,6 +72,7 @@ class Stack:
     models_dir: Path
     logdir: Path
     env_extra: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. the API key, for the readiness probe
     port: int = field(default_factory=free_port)
     api: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -84,7 +85,12 @@ class Stack:
         env = dict(os.environ)
         env.update({"LLM_REDIS_URL": self.redis_url, "LLM_MODELS_DIR": str(self.models_dir),
                     "LLM_PORT": str(self.port), "LLM_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1", "LLM_LOG_LEVEL": "INFO", **self.env_extra})
+                    "TRANSFORMERS_OFFLINE": "1", "LLM_LOG_LEVEL": "INFO", "LLM_WORKER_HEARTBEAT_S": "0.2",
+                    "LLM_MODEL_CACHE_SIZE": "3",
+                    # vLLM on CPU: a small KV cache, no graph compilation, fp32 (equal to transformers)
+                    "LLM_VLLM_KV_CACHE_GB": "0.0625", "LLM_VLLM_ENFORCE_EAGER": "true", "LLM_VLLM_DTYPE": "float32",
+                    "LLM_DATA_DIR": str(self.logdir / "data"),  # batch files: never the repository's ./data
+                    **self.env_extra})
         return env
 
     def _spawn(self, role: str, name: str) -> subprocess.Popen[bytes]:
@@ -98,13 +104,17 @@ class Stack:
         self.workers.append(proc)
         return proc
 
-    def start(self, expect_models: int = 1) -> None:
+    def start_api(self) -> subprocess.Popen[bytes]:
         self.api = self._spawn("api", "api")
+        return self.api
+
+    def start(self, expect_models: int = 1) -> None:
+        self.start_api()
         self.start_worker()
         wait_until(lambda: self.health().get("models", 0) >= expect_models, 60, "API and worker ready")
 
     def health(self) -> dict[str, object]:
-        data: dict[str, object] = httpx.get(f"{self.base_url}/v1/health", timeout=2).json()
+        data: dict[str, object] = httpx.get(f"{self.base_url}/v1/health", headers=self.headers, timeout=2).json()
         return data
 
     def stop(self) -> None:

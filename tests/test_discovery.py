@@ -14,6 +14,7 @@ from common.discovery import (
     Catalog,
     DiscoveryError,
     DiscoveryProblem,
+    LoadPolicy,
     ModelInfo,
     ModelType,
     detect_type,
@@ -375,7 +376,7 @@ def test_round_trip(tmp_path: Path) -> None:
         tmp_path,
         "m",
         CAUSAL,
-        {"tokenizer_config.json": TEMPLATE, "w.bin": 9, OVERRIDE_FILE: {"options": {"k": [1, {"x": None}]}}},
+        {"tokenizer_config.json": TEMPLATE, "w.safetensors": 9, OVERRIDE_FILE: {"options": {"k": [1, {"x": None}]}}},
     )
     catalog = scan_models(tmp_path)
     info = catalog.models["m"]
@@ -442,3 +443,16 @@ def test_resolve_model_path(tmp_path: Path) -> None:
     for bad in ("../etc", "/etc", "..%2fetc", "a\\b", ".", "", "escape", "missing", "a-file"):
         assert resolve_model_path(models, bad) is None, bad
     assert resolve_model_path(tmp_path / "no-such-dir", "ok-model") is None
+
+
+def test_remote_code_and_pickle_only_folders_are_refused_unless_allowed(tmp_path: Path) -> None:
+    """Drill 22: a folder that would execute its own code is not served unless explicitly allowed."""
+    make_model(tmp_path, "remote", {**CAUSAL, "auto_map": {"AutoModel": "modeling_x.XModel"}}, {"w.safetensors": 4})
+    make_model(tmp_path, "pickled", CAUSAL, {"pytorch_model.bin": 4})
+    make_model(tmp_path, "both", CAUSAL, {"pytorch_model.bin": 4, "model.safetensors": 4})
+    default = scan_models(tmp_path)
+    assert set(default.models) == {"both"}
+    reasons = {p.id: p.error for p in default.problems}
+    assert "LLM_TRUST_REMOTE_CODE" in reasons["remote"] and "LLM_ALLOW_PICKLE_WEIGHTS" in reasons["pickled"]
+    allowed = scan_models(tmp_path, LoadPolicy(trust_remote_code=True, allow_pickle_weights=True))
+    assert set(allowed.models) == {"remote", "pickled", "both"}

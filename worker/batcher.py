@@ -25,6 +25,7 @@ class Pending:
     seqs: list[list[int]]
     results: list[Any] = field(default_factory=list)
     remaining: int = 0
+    batch: bool = False  # from the batch lane: served only in rounds with no interactive job waiting
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.seqs)
@@ -71,7 +72,11 @@ class BatchQueue:
     def __init__(self, budget_tokens: int, max_items: int) -> None:
         self.budget_tokens = budget_tokens
         self.max_items = max_items
+        # Sequences of batch-lane work per round (the handler sizes it to a fraction of a second of
+        # engine time): an interactive job arriving meanwhile waits for at most one such round.
+        self.batch_round_items = max_items
         self._waiting: list[Pending] = []
+        self._served: dict[int, int] = {}  # id(pending) -> sequences already handed out (batch-lane jobs)
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -83,18 +88,40 @@ class BatchQueue:
         """Remove (and return) waiting jobs for which `gone` is true: cancelled or expired."""
         dropped = [p for p in self._waiting if gone(p)]
         self._waiting = [p for p in self._waiting if not gone(p)]
+        for pending in dropped:
+            self._served.pop(id(pending), None)
         return dropped
 
     def waiting(self) -> list[Pending]:
         return list(self._waiting)
 
     def next_round(self) -> tuple[str, list[list[Item]]] | None:
-        """(model, batches) for the model whose oldest job has waited longest; None when idle."""
+        """(model, batches) for the model whose oldest job has waited longest; None when idle.
+        Interactive jobs first: batch-lane jobs make a round only when no interactive job waits, and then
+        only `batch_round_items` of their sequences (a job may span rounds)."""
         if not self._waiting:
             return None
-        model = min(self._waiting, key=lambda p: p.job.created_ms).job.model
-        taken = [p for p in self._waiting if p.job.model == model]
-        self._waiting = [p for p in self._waiting if p.job.model != model]
-        items = [Item(p, i) for p in taken for i in range(len(p.seqs))]
+        pool = [p for p in self._waiting if not p.batch] or self._waiting
+        model = min(pool, key=lambda p: p.job.created_ms).job.model
+        taken = sorted((p for p in pool if p.job.model == model), key=lambda p: p.job.created_ms)
+        items = self._slice(taken, self.batch_round_items if taken[0].batch else None)
         plan = plan_batches([len(it.seq) for it in items], self.budget_tokens, self.max_items)
         return model, [[items[i] for i in batch] for batch in plan]
+
+    def _slice(self, pendings: list[Pending], max_seqs: int | None) -> list[Item]:
+        """The next sequences of these jobs (all of them, or up to `max_seqs`); finished jobs leave the queue."""
+        items: list[Item] = []
+        done: set[int] = set()
+        for pending in pendings:
+            start = self._served.get(id(pending), 0)
+            end = len(pending.seqs) if max_seqs is None else min(len(pending.seqs), start + max_seqs - len(items))
+            items += [Item(pending, i) for i in range(start, end)]
+            if end == len(pending.seqs):
+                done.add(id(pending))
+                self._served.pop(id(pending), None)
+            else:
+                self._served[id(pending)] = end
+            if max_seqs is not None and len(items) >= max_seqs:
+                break
+        self._waiting = [p for p in self._waiting if id(p) not in done]
+        return items

@@ -38,3 +38,7 @@ class Handler(ABC):
     @abstractmethod
     def idle(self) -> bool:
         """Nothing admitted is still unanswered."""
+
+    def stats(self) -> dict[str, int]:
+        """Gauges published with the worker's heartbeat (status page, tests)."""
+        return {}

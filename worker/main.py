@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -18,10 +20,13 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.settings import Settings
+from worker.chat import ChatHandler
 from worker.embed import EmbeddingHandler
 from worker.handler import Handler
 from worker.models import ModelManager
-from worker.transport import WorkerTransport, default_worker_id
+from worker.reclaim import HEARTBEAT_TTL_BEATS, Reclaimer
+from worker.rerank import RerankHandler
+from worker.transport import Delivery, WorkerTransport, default_worker_id
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +39,13 @@ class Worker:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.models = ModelManager(settings)
-        handler_types: list[type[Handler]] = [EmbeddingHandler]
+        handler_types: list[type[Handler]] = [EmbeddingHandler, RerankHandler, ChatHandler]
         self.transport = WorkerTransport(redis, settings.worker_id or default_worker_id(),
                                          [h.model_type for h in handler_types], settings.result_ttl_s)
         self.handlers = [h(settings, self.models, self.transport) for h in handler_types]
+        admits = {stream: partial(self._admit, h) for h in self.handlers  # both lanes: interactive and batch
+                  for stream in (keys.job_stream(str(h.model_type)), keys.batch_stream(str(h.model_type)))}
+        self.reclaimer = Reclaimer(redis, self.transport, admits, settings.max_deliveries)
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -45,9 +53,12 @@ class Worker:
         await self.transport.setup()
         log.info("worker %s serving %d models from %s", self.transport.worker_id,
                  len(self.models.catalog.models), self.settings.models_dir)
+        await self._beat()  # registered before the first read: nobody mistakes us for a dead worker
+        await self.reclaimer.startup()
         serving = [asyncio.create_task(h.run()) for h in self.handlers]
         readers = [asyncio.create_task(self._consume(h)) for h in self.handlers]
         heartbeat = asyncio.create_task(self._heartbeat())
+        readers.append(asyncio.create_task(self._reclaim()))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *serving, *readers, heartbeat], return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in done if t is not stop and not t.cancelled() and t.exception() is not None]
@@ -77,28 +88,51 @@ class Worker:
                 continue
             try:
                 deliveries = await self.transport.read(stream, room, IDLE_BLOCK_MS)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # Redis away or restarted empty: wait, re-create, go on
                 log.warning("reading %s failed (%s); retrying", stream, exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.transport.setup()
                 continue
             for delivery in deliveries:
-                await handler.admit(delivery)
+                await self._admit(handler, delivery)
+
+    async def _admit(self, handler: Handler, delivery: Delivery) -> None:
+        crash_on = self.settings.debug_crash_on
+        if crash_on and crash_on in repr(delivery.job.payload):  # fault injection for the poison-job drill
+            log.critical("LLM_DEBUG_CRASH_ON matched job %s: exiting", delivery.job.id)
+            os._exit(70)
+        await handler.admit(delivery)
+
+    async def _reclaim(self) -> None:
+        """Take over the jobs of workers whose heartbeat has stopped."""
+        while True:
+            try:
+                await self.reclaimer.sweep()
+            except (RedisError, OSError) as exc:
+                log.warning("reclaim sweep failed: %s", exc)
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
+
+    async def _beat(self) -> None:
+        """Publish the catalog and gauges, with an expiry of a few beats."""
+        stats = {k: v for h in self.handlers for k, v in h.stats().items()}
+        stats.update(reclaimed=self.reclaimer.reclaimed, dead_lettered=self.reclaimer.dead_lettered)
+        await self.transport.register(self.models.catalog, [h.model_type for h in self.handlers],
+                                      ttl_s=self.settings.worker_heartbeat_s * HEARTBEAT_TTL_BEATS, stats=stats,
+                                      states=self.models.states())
 
     async def _heartbeat(self) -> None:
-        period = self.settings.worker_heartbeat_s
         loop = asyncio.get_running_loop()
         last_scan = loop.time()
-        types = [h.model_type for h in self.handlers]
         while True:
             if loop.time() - last_scan > RESCAN_EVERY_S:
                 self.models.rescan()
                 last_scan = loop.time()
             try:
-                await self.transport.register(self.models.catalog, types, ttl_s=period * 5)
+                await self._beat()
             except (RedisError, OSError):
                 log.warning("heartbeat failed", exc_info=True)
-            await asyncio.sleep(period)
-
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:

@@ -27,15 +27,50 @@ def engine_class(model_type: ModelType) -> type[Engine]:
         from worker.engines.embedding import EmbeddingEngine
 
         return EmbeddingEngine
+    if model_type is ModelType.RERANKER:
+        from worker.engines.rerank import RerankEngine
+
+        return RerankEngine
     raise InvalidRequest(f"this worker cannot serve {model_type} models yet", code="unsupported_model")
 
 
-def inputs_class(model_type: ModelType) -> Callable[[Path, Settings], Any]:
+def make_engine(info: ModelInfo, settings: Settings) -> Engine:
+    """The engine for a model. Chat: vLLM or transformers, by the folder's `chat_engine` option or
+    LLM_CHAT_ENGINE (auto: vLLM when importable and it knows the architecture). Blocking: imports."""
+    if info.type is ModelType.EMBEDDING and info.options.get("engine") == "noop":  # benchmarks: bench/dispatch.py
+        from worker.engines.noop import NoopEngine
+
+        return NoopEngine(info, settings)
+    if info.type is not ModelType.CHAT:
+        return engine_class(info.type)(info, settings)
+    from worker.engines.vllm_chat import VllmChatEngine, vllm_supports
+
+    choice = str(info.options.get("chat_engine", settings.chat_engine))
+    if choice == "vllm" or (choice == "auto" and vllm_supports(info.architecture)):
+        return VllmChatEngine(info, settings)
+    from worker.engines.hf_chat import TransformersChatEngine
+
+    return TransformersChatEngine(info, settings)
+
+
+def inputs_class(model_type: ModelType, options: dict[str, Any] | None = None) -> Callable[[Path, Settings], Any]:
     """The cheap per-model preprocessor (tokenizer and limits) used to admit jobs."""
+    if model_type is ModelType.EMBEDDING and (options or {}).get("engine") == "noop":
+        from worker.engines.noop import NoopInputs
+
+        return NoopInputs
     if model_type is ModelType.EMBEDDING:
         from worker.engines.embedding import EmbeddingInputs
 
         return EmbeddingInputs
+    if model_type is ModelType.RERANKER:
+        from worker.engines.rerank import RerankInputs
+
+        return RerankInputs
+    if model_type is ModelType.CHAT:
+        from worker.engines.chat_base import ChatInputs
+
+        return ChatInputs
     raise InvalidRequest(f"this worker cannot serve {model_type} models yet", code="unsupported_model")
 
 
@@ -45,11 +80,13 @@ class ModelManager:
         self.catalog: Catalog = Catalog({}, [])
         self._loaded: dict[ModelType, OrderedDict[str, Engine]] = {t: OrderedDict() for t in ModelType}
         self._inputs: dict[str, Any] = {}
+        self.failed: dict[str, str] = {}  # model id -> why its last load failed
         self._lock = asyncio.Lock()
+        self._inputs_lock = asyncio.Lock()
         self.loads = 0
 
     def rescan(self) -> Catalog:
-        self.catalog = scan_models(self.settings.models_dir)
+        self.catalog = scan_models(self.settings.models_dir, self.settings.load_policy)
         for problem in self.catalog.problems:
             log.warning("model folder %r not served: %s", problem.path, problem.error)
         return self.catalog
@@ -63,20 +100,32 @@ class ModelManager:
                                  param="model", code="wrong_model_type")
         return info
 
+    def states(self) -> dict[str, dict[str, str]]:
+        """Per model this worker has touched: loaded, or failed with the error (for /v1/models)."""
+        out = {m: {"state": "failed", "error": e} for m, e in self.failed.items()}
+        for cache in self._loaded.values():
+            out.update({m: {"state": "loaded"} for m in cache})
+        return out
+
+    def loaded(self, model_type: ModelType) -> list[Engine]:
+        return list(self._loaded[model_type].values())
+
     async def inputs(self, model_id: str, model_type: ModelType) -> Any:
         """The model's preprocessor (tokenizer, limits), kept apart from its weights."""
         info = self.info(model_id, model_type)
         key = f"{model_id}\0{info.path}"
-        prep = self._inputs.get(key)
-        if prep is None:
-            try:
-                prep = await asyncio.to_thread(inputs_class(model_type), Path(info.path), self.settings)
-            except ServiceError:
-                raise
-            except Exception as exc:
-                raise EngineFailure(f"model '{model_id}' failed to load its tokenizer: {exc}",
-                                    code="model_load_failed") from exc
-            self._inputs[key] = prep
+        async with self._inputs_lock:  # one load per model, even when many of its jobs arrive at once
+            prep = self._inputs.get(key)
+            if prep is None:
+                try:
+                    factory = inputs_class(model_type, info.options)
+                    prep = await asyncio.to_thread(factory, Path(info.path), self.settings)
+                except ServiceError:
+                    raise
+                except Exception as exc:
+                    raise EngineFailure(f"model '{model_id}' failed to load its tokenizer: {exc}",
+                                        code="model_load_failed") from exc
+                self._inputs[key] = prep
         return prep
 
     async def get(self, model_id: str, model_type: ModelType) -> Engine:
@@ -91,14 +140,17 @@ class ModelManager:
                 old_id, old = cache.popitem(last=False)
                 log.info("unloading %s", old_id)
                 await asyncio.to_thread(old.unload)
-            engine = engine_class(model_type)(info, self.settings)
             started = time.perf_counter()
             try:
+                engine = await asyncio.to_thread(make_engine, info, self.settings)
                 await asyncio.to_thread(engine.load)
-            except ServiceError:
+            except ServiceError as exc:
+                self.failed[model_id] = exc.message
                 raise
             except Exception as exc:  # a model folder that fails to load answers its jobs, no crash
+                self.failed[model_id] = f"{type(exc).__name__}: {exc}"
                 raise EngineFailure(f"model '{model_id}' failed to load: {exc}", code="model_load_failed") from exc
+            self.failed.pop(model_id, None)
             self.loads += 1
             log.info("loaded %s in %.2f s", model_id, time.perf_counter() - started)
             cache[model_id] = engine

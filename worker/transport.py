@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 import msgpack
@@ -14,9 +15,16 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.discovery import Catalog, ModelType
-from common.protocol import DATA_FIELD, Job, Message, WireError
+from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Job, Message, WireError, now_ms
 
 log = logging.getLogger(__name__)
+
+# Batch-lane jobs a worker holds at once, per model type: enough to keep the engine busy (one being served,
+# one ready; rounds of batch work are cut to a fraction of a second anyway: worker/batched.py), few enough
+# to leave the rest in Redis for other workers and to keep a restart's redo small.
+BATCH_JOBS_HELD = {str(ModelType.CHAT): 32}
+DEFAULT_BATCH_JOBS_HELD = 2
+BATCH_POLL_MS = 50  # while the batch share is full: how often to look whether it has room again
 
 
 @dataclass(frozen=True)
@@ -42,28 +50,47 @@ class WorkerTransport:
     def __init__(self, redis: Redis, worker_id: str, types: list[ModelType], result_ttl_s: int) -> None:
         self.redis = redis
         self.worker_id = worker_id
-        self.streams = [keys.job_stream(str(t)) for t in types]
+        self.streams = [keys.job_stream(str(t)) for t in types] + [keys.batch_stream(str(t)) for t in types]
         self.result_ttl_s = result_ttl_s
         # First walk our own pending entries (a restart with the same worker id), then new ones.
         self._cursor: dict[str, str] = dict.fromkeys(self.streams, "0")
+        self._held: set[tuple[str, str]] = set()  # (stream, entry id) read and not yet acknowledged
+        self.attempt = f"{worker_id}:{uuid.uuid4().hex[:12]}".encode()  # this run, on every reply
 
     async def setup(self) -> None:
         for stream in self.streams:
             await ensure_group(self.redis, stream)
 
     async def read(self, stream: str, count: int, block_ms: int) -> list[Delivery]:
-        """Up to `count` jobs from one stream, blocking up to `block_ms` for new ones."""
-        cursor = self._cursor[stream]
-        reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, {stream: cursor},
-                                            count=count, block=None if cursor != ">" else block_ms)
-        entries = reply[0][1] if reply else []
-        if cursor != ">":
-            self._cursor[stream] = entries[-1][0].decode() if entries else ">"
+        """Up to `count` jobs of one model type, blocking up to `block_ms` for new ones: its interactive
+        stream first; its batch lane only when no interactive job waits, and within the batch share."""
+        lane = keys.batch_stream(stream.removeprefix(keys.JOB_STREAM_PREFIX))
+        held = sum(1 for s, _ in self._held if s == lane)
+        batch_room = min(count, BATCH_JOBS_HELD.get(stream.removeprefix(keys.JOB_STREAM_PREFIX),
+                                                    DEFAULT_BATCH_JOBS_HELD) - held)
+        if batch_room <= 0:
+            return await self._read([stream], count, BATCH_POLL_MS)
+        interactive = await self._read([stream], count, None)
+        if interactive:
+            return interactive
+        return await self._read([stream, lane], batch_room, block_ms)
+
+    async def _read(self, streams: list[str], count: int, block_ms: int | None) -> list[Delivery]:
+        cursors = {s: self._cursor[s] for s in streams}
+        walking = any(c != ">" for c in cursors.values())  # our own pending entries: never block
+        reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, cursors,  # type: ignore[arg-type]
+                                            count=count, block=None if walking else block_ms)
+        got = {raw.decode(): entries for raw, entries in reply or []}
         out: list[Delivery] = []
-        for entry_id, fields in entries:
-            delivery = await self._decode(stream, entry_id.decode(), fields)
-            if delivery is not None:
-                out.append(delivery)
+        for stream in streams:
+            entries = got.get(stream, [])
+            if cursors[stream] != ">":
+                self._cursor[stream] = entries[-1][0].decode() if entries else ">"
+            for entry_id, fields in entries:
+                delivery = await self._decode(stream, entry_id.decode(), fields)
+                if delivery is not None:
+                    self._held.add((stream, delivery.entry_id))
+                    out.append(delivery)
         return out
 
     async def _decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None) -> Delivery | None:
@@ -77,6 +104,7 @@ class WorkerTransport:
             return None
 
     async def ack(self, stream: str, entry_id: str) -> None:
+        self._held.discard((stream, entry_id))
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(stream, keys.WORKER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
@@ -85,27 +113,31 @@ class WorkerTransport:
     async def reply(self, delivery: Delivery, message: Message) -> None:
         """Write a message to the job's result stream; a terminal one also acknowledges the job."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(delivery.job.reply_to, {DATA_FIELD: message.encode()},
+        pipe.xadd(delivery.job.reply_to, {DATA_FIELD: message.encode(), ATTEMPT_FIELD: self.attempt},
                   maxlen=keys.RESULT_STREAM_MAXLEN, approximate=True)
-        pipe.expire(delivery.job.reply_to, self.result_ttl_s)
+        ttl_s = self.result_ttl_s
+        if keys.is_batch_stream(delivery.stream):  # a batch's collector may read it much later
+            ttl_s += max(0, (delivery.job.deadline_ms - now_ms()) // 1000)
+        pipe.expire(delivery.job.reply_to, ttl_s)
         if message.terminal:
+            self._held.discard((delivery.stream, delivery.entry_id))
             pipe.xack(delivery.stream, keys.WORKER_GROUP, delivery.entry_id)
             pipe.xdel(delivery.stream, delivery.entry_id)
         await pipe.execute()
 
-    async def cancelled(self, request_ids: list[str]) -> set[str]:
-        """Which of these requests' callers have gone."""
+    async def cancelled(self, request_ids: list[str]) -> dict[str, int]:
+        """Which of these requests' callers have gone, and when (ms since the epoch)."""
         if not request_ids:
-            return set()
-        pipe = self.redis.pipeline(transaction=False)
-        for r in request_ids:
-            pipe.exists(keys.cancel_key(r))
-        results = await pipe.execute()
-        return {r for r, hit in zip(request_ids, results, strict=True) if hit}
+            return {}
+        values = await self.redis.mget([keys.cancel_key(r) for r in request_ids])
+        return {r: int(v) for r, v in zip(request_ids, values, strict=True) if v is not None}
 
-    async def register(self, catalog: Catalog, types: list[ModelType], ttl_s: float) -> None:
-        """Heartbeat: publish this worker's model catalog, expiring unless refreshed."""
+    async def register(self, catalog: Catalog, types: list[ModelType], ttl_s: float,
+                       stats: dict[str, int] | None = None,
+                       states: dict[str, dict[str, str]] | None = None) -> None:
+        """Heartbeat: publish this worker's model catalog and gauges, expiring unless refreshed."""
         record = {"id": self.worker_id, "types": [str(t) for t in types], "ts_ms": int(time.time() * 1000),
+                  "stats": stats or {}, "states": states or {},
                   "models": [m.to_dict() for m in catalog.models.values()],
                   "problems": [p.to_dict() for p in catalog.problems]}
         pipe = self.redis.pipeline(transaction=True)

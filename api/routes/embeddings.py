@@ -1,19 +1,25 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from api.responses import JSONBytes
 from api.schemas.embeddings import EmbeddingRequest
 from api.services import ServicesDep
+from api.streaming import until_disconnected
 from common.discovery import ModelType
 
 router = APIRouter(tags=["embeddings"])
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(request: EmbeddingRequest, services: ServicesDep) -> JSONBytes:
+async def create_embeddings(body: EmbeddingRequest, request: Request, services: ServicesDep) -> Response:
     settings = services.settings
-    await services.directory.resolve(request.model, ModelType.EMBEDDING)
-    job = request.to_job(settings.max_inputs_per_request, settings.request_timeout_s)
-    message = await services.dispatcher.call(job, settings.request_timeout_s)
-    return JSONBytes(request.response(message.body))
+    await services.directory.resolve(body.model, ModelType.EMBEDDING)
+    job = body.to_job(settings.max_inputs_per_request, settings.request_timeout_s)
+    message = await until_disconnected(request, services.dispatcher.call(job, settings.request_timeout_s))
+    if message is None:  # the caller left; the job was cancelled
+        return Response(status_code=499)
+    response = body.response(message.body)
+    request.app.state.metrics.count_usage(response["usage"])
+    return JSONBytes(response)

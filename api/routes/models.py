@@ -14,17 +14,19 @@ router = APIRouter(tags=["models"])
 OWNER = "llm-interface"
 
 
-def model_card(info: ModelInfo) -> dict[str, Any]:
-    """OpenAI's model object, plus what a local user wants to know."""
+def model_card(info: ModelInfo, state: dict[str, str] | None = None) -> dict[str, Any]:
+    """OpenAI's model object, plus what a local user wants to know (state: available, loaded, failed)."""
+    state = state or {"state": "available"}
     return {"id": info.id, "object": "model", "created": 0, "owned_by": OWNER, "type": str(info.type),
             "size_bytes": info.size_bytes, "dtype": info.dtype, "architecture": info.architecture,
-            "max_length": info.max_length}
+            "max_length": info.max_length, "state": state["state"], "error": state.get("error")}
 
 
 @router.get("/v1/models")
 async def list_models(services: ServicesDep) -> JSONBytes:
     snap = await services.directory.snapshot()
-    return JSONBytes({"object": "list", "data": [model_card(m) for m in snap.models.values()]})
+    cards = [model_card(m, snap.states.get(m.id)) for m in snap.models.values()]
+    return JSONBytes({"object": "list", "data": cards})
 
 
 @router.get("/v1/models/{model_id}")
@@ -33,4 +35,4 @@ async def get_model(model_id: str, services: ServicesDep) -> JSONBytes:
     info = snap.models.get(model_id)
     if info is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
-    return JSONBytes(model_card(info))
+    return JSONBytes(model_card(info, snap.states.get(model_id)))

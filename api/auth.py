@@ -1,0 +1,68 @@
+"""Bearer-token auth on every route but liveness (and the status page's static, data-free shell).
+
+`LLM_API_KEYS` (comma-separated) guard every route; `LLM_ADMIN_API_KEYS` guard `/admin/` routes and
+open the others too. No API keys: the API is open, and says so loudly at start. Admin routes with
+API keys set but no admin keys: refused (403), never opened to ordinary keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import error_response
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health/live", "/", "/favicon.ico"})
+ADMIN_PREFIXES = ("/admin/", "/v1/admin/")
+
+
+def _keys(raw: str) -> tuple[bytes, ...]:
+    return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
+
+
+def _matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
+    return any(hmac.compare_digest(token, key) for key in keys)
+
+
+class BearerAuth:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.api_keys = _keys(settings.api_keys)
+        self.admin_keys = _keys(settings.admin_api_keys)
+        if not self.api_keys:
+            log.warning("!!! LLM_API_KEYS is not set: the API is open to anyone who can reach %s:%s !!!",
+                        settings.host, settings.port)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        problem = self._check(scope)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = problem
+        response = error_response(status, message, "authentication_error" if status == 401 else "permission_error",
+                                  "invalid_api_key" if status == 401 else "forbidden",
+                                  headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        await response(scope, receive, send)
+
+    def _check(self, scope: Scope) -> tuple[int, str] | None:
+        admin = scope["path"].startswith(ADMIN_PREFIXES)
+        if admin and not self.admin_keys:
+            return None if not self.api_keys else (403, "admin routes need LLM_ADMIN_API_KEYS to be set")
+        if not admin and not self.api_keys:
+            return None
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return 401, "missing API key: send 'Authorization: Bearer <key>'"
+        allowed = self.admin_keys if admin else self.api_keys + self.admin_keys
+        if not _matches(token.strip(), allowed):
+            return 401, "invalid API key"
+        return None

@@ -1,0 +1,109 @@
+"""The Batch API's side of an API process: the file store, batch state, and the arq worker that runs the
+batch lifecycle (api/batch_jobs.py) in this process's event loop. Routes reach it through `BatchDep`.
+
+Why inside the API: batches need the files (uploaded here, on the data volume) and only I/O (file
+reads, Redis), never the GPU; every API replica runs the same worker, and arq's job ids and the
+batch lease make running it N times safe. The GPU worker only sees jobs on the batch lanes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, Request
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
+from api.batch_jobs import BatchQueue, dumps, loads, make_worker, supervise
+from api.batch_runner import BatchEnv
+from api.batch_store import BatchStore, new_batch_id
+from api.filestore import FileStore
+from api.schemas.batches import BatchState, CreateBatchRequest, Status
+from api.services import Services
+from common import keys
+from common.errors import InvalidRequest, Unavailable
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}") from exc
+
+
+class BatchService:
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        self.settings = settings
+        self.files = FileStore(settings.data_dir)
+        self.store = BatchStore(services.redis)
+        self.env = BatchEnv(settings, services.redis, self.store, self.files, services.directory)
+        pool = ConnectionPool.from_url(settings.effective_redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
+        self.queue = BatchQueue(ArqRedis(pool, job_serializer=dumps, job_deserializer=loads,
+                                         default_queue_name=keys.ARQ_QUEUE))
+        self.worker = make_worker(self.env, self.queue)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(supervise(self.worker), name="batch-jobs")
+
+    async def close(self) -> None:
+        """Stop the lifecycle jobs: a running one is cancelled and queued again for the next process."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self.worker.close()
+
+    async def create(self, request: CreateBatchRequest) -> BatchState:
+        meta = self.files.get(request.input_file_id)
+        if meta.purpose != "batch":
+            raise InvalidRequest(f"the file '{meta.id}' has purpose '{meta.purpose}', not 'batch'",
+                                 param="input_file_id", code="invalid_input_file")
+        batch_id = new_batch_id()
+        await asyncio.to_thread(self.files.link_into, meta.id, self.env.input_path(batch_id))
+        now = int(time.time())
+        state = BatchState(id=batch_id, endpoint=request.endpoint, input_file_id=meta.id,
+                           completion_window=request.completion_window, created_at=now,
+                           expires_at=now + max(1, round(self.settings.batch_completion_window_s)),
+                           metadata=request.metadata)
+        with redis_errors():
+            await self.store.create(state)
+            await self.queue.validate(batch_id)
+        return state
+
+    async def get(self, batch_id: str) -> BatchState:
+        with redis_errors():
+            return await self.store.require(batch_id)
+
+    async def page(self, after: str | None, limit: int) -> tuple[list[BatchState], bool]:
+        with redis_errors():
+            return await self.store.page(after, limit)
+
+    async def cancel(self, batch_id: str) -> BatchState:
+        with redis_errors():
+            state = await self.store.require(batch_id)
+            moved = await self.store.transition(batch_id, [Status.VALIDATING, Status.IN_PROGRESS], Status.CANCELLING)
+            if moved is None:
+                state = await self.store.require(batch_id)
+                if state.status in (Status.CANCELLING, Status.CANCELLED):
+                    return state
+                raise InvalidRequest(f"a batch that is {state.status} cannot be cancelled", param="batch_id",
+                                     code="batch_not_cancellable")
+            await self.queue.stop(batch_id)
+            return moved
+
+
+def get_batches(request: Request) -> BatchService:
+    service: BatchService = request.app.state.batches
+    return service
+
+
+BatchDep = Annotated[BatchService, Depends(get_batches)]

@@ -1,0 +1,71 @@
+"""Prometheus metrics: per API process (requests, latency, time to first token, tokens), plus what
+Redis and the workers' heartbeats say at scrape time (queue depth and oldest wait per model type,
+model loads, reclaimed and dead-lettered jobs, running sequences).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.stats import queue_stats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llm_http_requests", "HTTP requests answered", ["method", "route", "status"],
+                                registry=r)
+        self.latency = Histogram("llm_http_request_duration_seconds", "Time to the response headers", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llm_time_to_first_token_seconds", "Streaming: request to first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("llm_tokens", "Tokens processed", ["direction"], registry=r)
+        self.queue = Gauge("llm_queue_jobs", "Jobs per model type", ["type", "state"], registry=r)
+        self.oldest = Gauge("llm_queue_oldest_wait_seconds", "Age of the oldest waiting job", ["type"], registry=r)
+        self.worker = Gauge("llm_worker_stat", "Gauges and counts from worker heartbeats", ["worker", "name"],
+                            registry=r)
+
+    def count_usage(self, usage: dict[str, Any]) -> None:
+        self.tokens.labels("prompt").inc(int(usage.get("prompt_tokens", 0)))
+        self.tokens.labels("completion").inc(int(usage.get("completion_tokens", 0)))
+
+    async def render(self, redis: Any, workers: list[dict[str, Any]]) -> bytes:
+        for row in await queue_stats(redis):
+            self.queue.labels(row["type"], "waiting").set(row["waiting"])
+            self.queue.labels(row["type"], "in_progress").set(row["in_progress"])
+            self.oldest.labels(row["type"]).set(row["oldest_waiting_s"] or 0.0)
+        self.worker.clear()
+        for worker in workers:
+            for name, value in worker.get("stats", {}).items():
+                self.worker.labels(worker["id"], name).set(value)
+        return bytes(generate_latest(self.registry))
+
+
+class MeasureRequests:
+    """ASGI middleware: count every answered request by route template and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def measured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.requests.labels(scope["method"], route, str(message["status"])).inc()
+                self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            await send(message)
+
+        await self.app(scope, receive, measured_send)

@@ -1,0 +1,56 @@
+"""The status page at `/` and the JSON it polls, `GET /v1/status`."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from redis.exceptions import RedisError
+
+from api import stats
+from api.responses import JSONBytes
+from api.services import ServicesDep
+from common.errors import Unavailable
+
+router = APIRouter(tags=["status"])
+
+PAGE = Path(__file__).resolve().parent.parent / "static" / "status.html"
+
+
+@lru_cache(maxsize=1)
+def _page() -> str:
+    return PAGE.read_text(encoding="utf-8")
+
+
+@router.get("/", include_in_schema=False)
+async def status_page() -> HTMLResponse:
+    """A static page that polls `/v1/status` every 2 s."""
+    return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/status")
+async def status(request: Request, services: ServicesDep) -> JSONBytes:
+    """Models (type, size, state, placement, memory), job queues per model type, live workers, and the
+    requests this API process answered in the last minute."""
+    throughput = stats.counter(request.app).summary()
+    try:
+        snap = await services.directory.snapshot()
+        queues = await stats.queue_stats(services.redis)
+    except Unavailable as exc:
+        return JSONBytes({"ready": False, "error": exc.message, "throughput": throughput}, status_code=503)
+    except (RedisError, OSError) as exc:
+        return JSONBytes({"ready": False, "error": f"Redis is unreachable: {exc}", "throughput": throughput},
+                         status_code=503)
+    now_ms = time.time() * 1000
+    # Placement and memory are published once the worker's scheduler reports them; until then a model
+    # served by a live worker is "available" (loaded on its first request).
+    models = [{"id": m.id, "type": str(m.type), "size_bytes": m.size_bytes, "dtype": m.dtype,
+               "architecture": m.architecture, "max_length": m.max_length, "state": "available",
+               "placement": None, "memory_bytes": None} for m in snap.models.values()]
+    workers = [{"id": w["id"], "types": w["types"], "last_seen_s": round(max(0.0, now_ms - w["ts_ms"]) / 1000, 1),
+                "stats": w.get("stats") or {}} for w in snap.workers]
+    return JSONBytes({"ready": True, "models": models, "queues": queues, "workers": workers,
+                      "problems": snap.problems, "throughput": throughput})

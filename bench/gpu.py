@@ -1,0 +1,271 @@
+"""GPU benchmark: the project's worker engines driven in-process on one CUDA device (no Redis, no network).
+
+Self-contained: it needs only torch and transformers (plus this repository on PYTHONPATH; stand-ins are
+used for pydantic-settings and msgpack when they are missing). It builds random-weight models of real
+shapes on the spot (bench/gpu_models.py) and measures, each against a baseline in the same run:
+- embeddings (Qwen3-0.6B shape, bf16): `EmbeddingEngine.embed` over 4,096 texts of 16-512 tokens in
+  length-sorted batches of at most 65,536 padded tokens (`worker.batcher.plan_batches`, as the worker cuts
+  them) vs unsorted fixed batches of 128 (goal >= 250k tokens/s on an H100; reference 141k); then the same
+  with the decoder layers compiled (`torch.compile`, per layer), when time allows;
+- rerank (BERT-base-shaped cross-encoder): `RerankEngine.score` on 8,192 pairs, sorted token-budget
+  batches vs unsorted batches of 32 (CrossEncoder's batch size); the host-side padding time is given too;
+- chat (Qwen2.5-0.5B shape, transformers engine: vLLM is not assumed): one stream of 128 tokens through
+  `TransformersChatEngine.generate` vs `model.generate` on the same weights (tokens/s ratio, TTFT);
+- switching: each model's cold load (`engine.load()`, page cache dropped when permitted) vs restoring a
+  parked CPU copy with `.to('cuda')` (pageable and pinned), and a reload with a warm page cache.
+
+    PYTHONPATH=. python3 -m bench.gpu          # one CUDA device; about 3-5 minutes on an H100
+    python -m bench gpu --smoke                # tiny shapes on the CPU (seconds; CI checks it runs)
+
+Writes JSON to bench/results/gpu.json (gpu-smoke.json with --smoke) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also as `python bench/gpu.py`
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from bench import gpu_models as gm  # first: it stands in for what is missing (see install_fallbacks)
+from bench.gpu_sections import chat_section, rerank_section, switching_section
+from bench.gpu_timing import (
+    COMPILE_MIN_LEFT_S,
+    FULL,
+    GOAL_TOKENS_PER_S,
+    SMOKE,
+    Plan,
+    compare,
+    padded,
+    random_ids,
+    run_batches,
+    timed,
+)
+from bench.util import output_path, write_json
+from common.discovery import ModelInfo, scan_models
+from worker.batcher import plan_batches
+from worker.engines.base import right_pad
+from worker.engines.embedding import EmbeddingEngine, pad_batch, shape_vector
+
+
+def embedding_texts(plan: Plan) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    low, high = plan.lengths
+    vocab = plan.shapes["embedding"]["vocab_size"]
+    return [random_ids(rng, 0, vocab, int(n)) for n in rng.integers(low, high + 1, size=plan.texts)]
+
+
+class CausalNoMask(torch.nn.Module):
+    """A causal decoder called without its padding mask. With right padding a real token only attends to
+    earlier (real) tokens, so its hidden state is the same; padded positions change, but pooling masks
+    them. Without a mask SDPA can take its causal flash kernel. Not what the engine does (a folder's decoder
+    may attend both ways): measured here to show what it would be worth."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def sorted_rate(plan: Plan, work: Callable[[Any], Any], batches: list[Any], tokens: int) -> dict[str, Any]:
+    first_s = run_batches(plan.device, work, batches)  # warm-up (and compilation, when compiled)
+    runs = [run_batches(plan.device, work, batches) for _ in range(plan.repeats)]
+    rate = tokens / min(runs)
+    return {"sorted_tokens_per_s": round(rate), "goal_met": rate >= GOAL_TOKENS_PER_S,
+            "first_pass_s": round(first_s, 2), "sorted_s": [round(x, 3) for x in runs]}
+
+
+def without_mask(plan: Plan, engine: EmbeddingEngine, work: Callable[[Any], Any], batches: list[Any],
+                 tokens: int) -> dict[str, Any]:
+    """The sorted run with the padding mask left out (see CausalNoMask), and how far its vectors move."""
+    inner = engine.model
+    probe = max(batches, key=padded_one)
+    masked = engine.embed(probe)
+    engine.model = CausalNoMask(inner)
+    try:
+        result = {"max_abs_diff_vs_masked": float(np.abs(engine.embed(probe) - masked).max()),
+                  **sorted_rate(plan, work, batches, tokens)}
+    finally:
+        engine.model = inner
+    return result
+
+
+def padded_one(batch: list[list[int]]) -> int:
+    return len(batch) * max(len(s) for s in batch) - sum(len(s) for s in batch)
+
+
+def embedding_section(plan: Plan, info: ModelInfo, settings: Any) -> tuple[dict[str, Any], Callable[[str | None], Any]]:
+    """The engine's sorted batches vs naive ones, host padding cost, then (returned for later, when time
+    allows) the variants: no padding mask, compiled layers."""
+    engine = EmbeddingEngine(info, settings)
+    load_s = timed(plan.device, engine.load)
+    seqs = embedding_texts(plan)
+    lengths = [len(s) for s in seqs]
+    tokens = sum(lengths)
+    sorted_b = [[seqs[i] for i in b] for b in plan_batches(lengths, plan.budget_tokens, plan.max_items)]
+    naive_b = [seqs[i:i + plan.naive_batch] for i in range(0, len(seqs), plan.naive_batch)]
+
+    def work(batch: list[list[int]]) -> None:  # what EmbeddingHandler.compute does with a batch
+        [shape_vector(v, None) for v in engine.embed(batch)]
+
+    result = compare(plan, work, sorted_b, naive_b, tokens)
+    pad_id = engine.inputs.pad_id
+    result.update(
+        load_s=round(load_s, 2), parameters=gm.parameters(engine.model), budget_tokens=plan.budget_tokens,
+        padding_efficiency_sorted=round(tokens / padded(sorted_b), 3),
+        padding_efficiency_naive=round(tokens / padded(naive_b), 3),
+        host_pad_ms_per_pass={"pad_batch (numpy, now)": round(1000 * timed("cpu", lambda: [
+            pad_batch(b, pad_id, "cpu") for b in sorted_b])), "right_pad (loop, before)": round(1000 * timed(
+                "cpu", lambda: [right_pad(b, pad_id) for b in sorted_b]))},
+        goal_tokens_per_s=GOAL_TOKENS_PER_S, goal_met=result["sorted_tokens_per_s"] >= GOAL_TOKENS_PER_S)
+    result["no_padding_mask"] = without_mask(plan, engine, work, sorted_b, tokens)
+    if plan.device.startswith("cuda"):
+        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def later(skip: str | None) -> dict[str, Any]:
+        try:
+            return {"skipped": skip} if skip else compiled_rate(plan, engine, work, sorted_b, tokens)
+        finally:
+            engine.unload()
+
+    return result, later
+
+
+def compiled_rate(plan: Plan, engine: EmbeddingEngine, work: Callable[[Any], Any], batches: list[Any],
+                  tokens: int) -> dict[str, Any]:
+    """The sorted batches with every decoder layer compiled (regional compilation: one layer's code is
+    compiled once and reused by all 28, with dynamic shapes, so it costs seconds, not minutes)."""
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+    layers = getattr(engine.model, "layers", None)
+    if layers is None:
+        return {"skipped": "the model has no .layers"}
+    try:
+        for layer in layers:
+            layer.compile(dynamic=True)
+        result = sorted_rate(plan, work, batches, tokens)
+        result["no_padding_mask"] = without_mask(plan, engine, work, batches, tokens)
+    except Exception as exc:  # a compiler failure is a result, not a crash of the benchmark
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return result
+
+
+def describe(plan: Plan) -> dict[str, Any]:
+    import transformers
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "transformers": transformers.__version__, "cpu_cores": os.cpu_count(),
+                            "stand_ins": gm.SHIMMED}
+    if plan.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def build(plan: Plan, root: Path) -> dict[str, ModelInfo]:
+    dtype = getattr(torch, plan.dtype)
+    gm.build_embedding(root / "embedding", plan.shapes["embedding"], plan.device, dtype)
+    gm.build_reranker(root / "reranker", plan.shapes["reranker"], plan.device, dtype)
+    gm.build_chat(root / "chat", plan.shapes["chat"], plan.device, dtype)
+    return scan_models(root).models
+
+
+def measure(plan: Plan, root: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    elapsed: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        elapsed[name] = round(time.perf_counter() - started - sum(elapsed.values()), 1)
+
+    infos = build(plan, root)
+    settings = gm.make_settings(plan.device)
+    lap("build_models")
+    embedding, compile_run = embedding_section(plan, infos["embedding"], settings)
+    lap("embedding")
+    rerank = rerank_section(plan, infos["reranker"], settings)
+    lap("rerank")
+    chat = chat_section(plan, infos["chat"], settings)
+    lap("chat")
+    left = plan.budget_s - (time.perf_counter() - started)
+    skip = None if plan.compile else "off for this run (--smoke or --no-compile)"
+    if left < COMPILE_MIN_LEFT_S:
+        skip = skip or f"only {left:.0f} s of the {plan.budget_s:.0f} s budget left"
+    compiled = compile_run(skip)
+    lap("embedding_compiled")
+    switching = switching_section(plan, infos, settings)
+    lap("switching")
+    return {"benchmark": "gpu", "plan": asdict(plan), "machine": describe(plan), "embedding": embedding,
+            "embedding_compiled": compiled, "rerank": rerank, "chat_transformers": chat, "switching": switching,
+            "elapsed_s": elapsed, "total_s": round(time.perf_counter() - started, 1)}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    m, e, c, r, ch = (result[k] for k in ("machine", "embedding", "embedding_compiled", "rerank", "chat_transformers"))
+    print(f"{m.get('gpu', 'CPU (smoke)')}; torch {m['torch']}, transformers {m['transformers']}; "
+          f"stand-ins: {m['stand_ins'] or 'none'}; {result['total_s']} s in all")
+    print(f"{'embedding tokens/s':<52}{'sorted':>12}{'naive':>12}{'ratio':>8}")
+    print(f"{'  EmbeddingEngine.embed (' + str(e['parameters'] // 10**6) + 'M params)':<52}"
+          f"{e['sorted_tokens_per_s']:>12,}{e['naive_tokens_per_s']:>12,}{e['speedup_sorted_over_naive']:>7.2f}x")
+    print(f"{'  without the padding mask (causal: flash SDPA)':<52}{e['no_padding_mask']['sorted_tokens_per_s']:>12,}"
+          f"   max |diff| {e['no_padding_mask']['max_abs_diff_vs_masked']:.2g}")
+    if "sorted_tokens_per_s" in c:
+        print(f"{'  + torch.compile per layer':<52}{c['sorted_tokens_per_s']:>12,}   first pass {c['first_pass_s']} s")
+        print(f"{'  + torch.compile, without the padding mask':<52}{c['no_padding_mask']['sorted_tokens_per_s']:>12,}")
+    else:
+        print(f"  + torch.compile per layer: {c.get('skipped') or c.get('error')}")
+    print(f"  goal >= {GOAL_TOKENS_PER_S:,} tokens/s: engine as is {e['goal_met']}; host padding per pass "
+          f"{e['host_pad_ms_per_pass']} ms")
+    print(f"{'rerank pairs/s (RerankEngine.score)':<52}{r['sorted_pairs_per_s']:>12,}{r['naive_pairs_per_s']:>12,}"
+          f"{r['speedup_sorted_over_naive']:>7.2f}x")
+    print(f"  host right_pad: {r['host_right_pad_ms_per_sorted_pass']} ms per sorted pass "
+          f"({100 * r['host_right_pad_share_of_sorted_pass']:.0f}% of it)")
+    print(f"chat, one stream: engine {ch['engine_tokens_per_s']} tokens/s vs generate {ch['raw_generate_tokens_per_s']}"
+          f" ({ch['throughput_ratio']:.2f}x); TTFT {ch['engine_ttft_ms']} vs {ch['raw_ttft_ms']} ms")
+    print(f"{'switching (s)':<14}{'cold load':>10}{'reload':>8}{'park':>8}{'restore':>9}{'pinned':>8}{'cold/pin':>9}")
+    for name, s in result["switching"].items():
+        print(f"{name:<14}{s['cold_load_s']:>10.2f}{s['reload_page_cache_warm_s']:>8.2f}{s['park_to_cpu_s']:>8.2f}"
+              f"{s['restore_pageable_s']:>9.3f}{s['restore_pinned_s']:>8.3f}{s['cold_over_restore_pinned']:>8.0f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
+    parser.add_argument("--budget-s", type=float, help="seconds after which optional runs are skipped (420)")
+    parser.add_argument("--workdir", type=Path, help="where to build the models (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/gpu[-smoke].json)")
+    args = parser.parse_args()
+    plan = SMOKE if args.smoke else FULL
+    if args.no_compile or args.budget_s:
+        plan = Plan(**{**asdict(plan), "compile": plan.compile and not args.no_compile,
+                       "budget_s": args.budget_s or plan.budget_s})
+    if plan.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run `python -m bench gpu --smoke` for the CPU check", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as tmp:
+        result = measure(plan, Path(tmp))
+    result["smoke"] = args.smoke
+    print_table(result)
+    write_json(output_path("gpu", args.smoke, args.out), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Model switching, as the worker does it today (LRU of `LLM_MODEL_CACHE_SIZE` engines per type; the
+scheduler is not integrated yet):
+
+1. switch time: the latency of a request to a model that is not loaded (evict, load, serve), against a
+   raw transformers load of the same model (tokenizer + weights, as the engine loads them) in this
+   process, and against a warm request (model loaded);
+2. loads per 100 interleaved requests over two embedding models (A, B, A, B, ...), one at a time and
+   8 in flight, with LLM_MODEL_CACHE_SIZE=1 and 2. Loads are counted from the worker's log
+   ("loaded <model> in <s> s"), which also gives the worker's own load time.
+
+    python -m bench switching            # two copies of all-MiniLM-L6-v2, 100 requests per cell
+    python -m bench switching --smoke    # two tiny test embedding models, 12 requests per cell (seconds)
+
+It starts its own redis-server, worker and API per cache size (tests/stack.py), prints tables and writes
+JSON to bench/results/switching.json (switching-smoke.json with --smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from bench.util import machine, output_path, write_json
+from tests.model_factory import copy_minilm, make_qwen3_embedding
+from tests.stack import RedisServer, Stack
+
+LOADED = re.compile(r"loaded (\S+) in ([0-9.]+) s")
+TEXT = "How far is the moon from the earth?"
+MODELS = ("model-a", "model-b")
+
+
+@dataclass(frozen=True)
+class Plan:
+    base: str
+    interleaved: int
+    switches: int
+    warm: int
+    raw_loads: int
+
+
+FULL = Plan(base="all-MiniLM-L6-v2 (copied twice)", interleaved=100, switches=8, warm=10, raw_loads=5)
+SMOKE = Plan(base="tiny test Qwen3 embedding (two seeds)", interleaved=12, switches=2, warm=3, raw_loads=2)
+
+
+def build_models(root: Path, smoke: bool) -> Path:
+    for seed, name in enumerate(MODELS):
+        if smoke:
+            make_qwen3_embedding(root / name, seed=seed + 1)
+        else:
+            copy_minilm(root / name)
+    return root
+
+
+def loads(stack: Stack) -> list[tuple[str, float]]:
+    """(model, seconds) of every load the worker has logged so far."""
+    text = (stack.logdir / "worker0.log").read_text(encoding="utf-8", errors="replace")
+    return [(m.group(1), float(m.group(2))) for m in LOADED.finditer(text)]
+
+
+def request_ms(client: httpx.Client, model: str) -> float:
+    started = time.perf_counter()
+    client.post("/v1/embeddings", json={"model": model, "input": TEXT}).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def switch_times(stack: Stack, plan: Plan) -> dict[str, Any]:
+    """With a cache of one: first requests (tokenizer + weights), switches, warm requests (ms)."""
+    a, b = MODELS
+    with httpx.Client(base_url=stack.base_url, timeout=600) as client:
+        first_a = request_ms(client, a)
+        warm = [request_ms(client, a) for _ in range(plan.warm)]
+        first_b = request_ms(client, b)
+        switches = [request_ms(client, MODELS[i % 2]) for i in range(plan.switches)]
+        warm += [request_ms(client, b) for _ in range(plan.warm)]
+    logged = [s * 1000 for _, s in loads(stack)]
+    return {"first_request_ms": {"model_a": round(first_a, 1), "model_b (evicts a)": round(first_b, 1)},
+            "switch_request_ms": [round(x, 1) for x in switches],
+            "switch_request_ms_median": round(statistics.median(switches), 1),
+            "warm_request_ms_median": round(statistics.median(warm), 2),
+            "worker_logged_load_ms_median": round(statistics.median(logged), 1) if logged else None,
+            "loads_logged": len(logged)}
+
+
+async def interleaved(base_url: str, count: int, in_flight: int) -> float:
+    """Seconds for `count` requests alternating between the two models, `in_flight` at a time."""
+    gate = asyncio.Semaphore(in_flight)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+
+        async def one(i: int) -> None:
+            async with gate:
+                response = await client.post("/v1/embeddings", json={"model": MODELS[i % 2], "input": TEXT})
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return time.perf_counter() - started
+
+
+def loads_per_run(stack: Stack, plan: Plan, cache: int) -> list[dict[str, Any]]:
+    rows = []
+    for in_flight in (1, 8):
+        before = len(loads(stack))
+        seconds = asyncio.run(interleaved(stack.base_url, plan.interleaved, in_flight))
+        time.sleep(0.3)  # the log line is written before the reply, but let the file catch up
+        counted = len(loads(stack)) - before
+        rows.append({"cache_size": cache, "in_flight": in_flight, "requests": plan.interleaved, "loads": counted,
+                     "loads_per_100": round(100 * counted / plan.interleaved, 1), "seconds": round(seconds, 2),
+                     "requests_per_s": round(plan.interleaved / seconds, 1)})
+    return rows
+
+
+def with_stack(models: Path, workdir: Path, cache: int, work: Any) -> Any:
+    redis = RedisServer(workdir / f"redis-{cache}")
+    redis.start()
+    stack = Stack(redis.url, models, workdir / f"logs-{cache}",
+                  env_extra={"LLM_MODEL_CACHE_SIZE": str(cache), "LLM_LOG_LEVEL": "INFO"})
+    try:
+        stack.start(expect_models=len(MODELS))
+        return work(stack)
+    finally:
+        stack.stop()
+        redis.stop()
+
+
+def raw_load_ms(folder: Path, repeats: int) -> dict[str, Any]:
+    """transformers loading the same folder in this process: tokenizer + weights, and one text through it."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    load, serve = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        loaded = time.perf_counter()
+        with torch.inference_mode():
+            model(**tokenizer([TEXT], return_tensors="pt"))
+        load.append((loaded - started) * 1000)
+        serve.append((time.perf_counter() - started) * 1000)
+        del model
+    return {"load_ms_median": round(statistics.median(load), 1), "load_and_one_text_ms_median":
+            round(statistics.median(serve), 1), "load_ms": [round(x, 1) for x in load]}
+
+
+def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
+    host = machine()
+    raw = raw_load_ms(models / MODELS[1], plan.raw_loads)
+
+    def cache_one(stack: Stack) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return switch_times(stack, plan), loads_per_run(stack, plan, 1)
+
+    def cache_two(stack: Stack) -> list[dict[str, Any]]:
+        with httpx.Client(base_url=stack.base_url, timeout=600) as client:
+            for model in MODELS:  # both resident before counting
+                request_ms(client, model)
+        return loads_per_run(stack, plan, 2)
+
+    switch, rows_one = with_stack(models, workdir, 1, cache_one)
+    rows_two = with_stack(models, workdir, 2, cache_two)
+    ratio = switch["switch_request_ms_median"] / raw["load_and_one_text_ms_median"]
+    return {"benchmark": "switching", "plan": asdict(plan), "machine": host, "raw_transformers": raw,
+            "switch": switch, "switch_over_raw_load_and_serve": round(ratio, 3),
+            "switch_over_warm": round(switch["switch_request_ms_median"] / switch["warm_request_ms_median"], 1),
+            "interleaved": rows_one + rows_two}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    host, sw, raw = result["machine"], result["switch"], result["raw_transformers"]
+    print(f"models: {result['plan']['base']}; {host['cores']} cores, load {host['load_avg_at_start']}")
+    print(f"{'':<58}{'ms':>10}")
+    print(f"{'raw transformers load (tokenizer + weights), median':<58}{raw['load_ms_median']:>10.1f}")
+    print(f"{'raw load + one text, median':<58}{raw['load_and_one_text_ms_median']:>10.1f}")
+    for name, ms in sw["first_request_ms"].items():
+        print(f"{'first request, ' + name:<58}{ms:>10.1f}")
+    print(f"{'switch request (evict + load + serve), median':<58}{sw['switch_request_ms_median']:>10.1f}")
+    print(f"{'  of which the worker logged loading, median':<58}{sw['worker_logged_load_ms_median'] or 0:>10.1f}")
+    print(f"{'warm request (model loaded), median':<58}{sw['warm_request_ms_median']:>10.2f}")
+    print(f"switch / (raw load + one text): {result['switch_over_raw_load_and_serve']:.2f}x; "
+          f"switch / warm: {result['switch_over_warm']:.0f}x")
+    print(f"{'cache size':>10} {'in flight':>9} {'loads/100 req':>13} {'req/s':>8}")
+    for r in result["interleaved"]:
+        print(f"{r['cache_size']:>10} {r['in_flight']:>9} {r['loads_per_100']:>13.1f} {r['requests_per_s']:>8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few requests")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/switching[-smoke].json)")
+    args = parser.parse_args()
+    plan = SMOKE if args.smoke else FULL
+    with tempfile.TemporaryDirectory(prefix="bench-switching-") as tmp:
+        workdir = Path(tmp)
+        result = measure(plan, build_models(workdir / "models", args.smoke), workdir)
+    result["smoke"] = args.smoke
+    print_table(result)
+    write_json(output_path("switching", args.smoke, args.out), result)
+
+
+if __name__ == "__main__":
+    main()

