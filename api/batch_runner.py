@@ -147,7 +147,7 @@ class Driver:
                 if outcome is not None:
                     return outcome
             except (RedisError, OSError) as exc:
-                log.warning("batch %s: redis error %s; resuming from Redis", self.id, exc)
+                log.warning("batch %s: %s; resuming from what Redis holds", self.id, exc)
                 stale = True
                 await asyncio.sleep(0.5)
         return "slice"

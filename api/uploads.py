@@ -16,6 +16,7 @@ from typing import IO, Any
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from api.filestore import FileMeta, FileStore
 from common.errors import InvalidRequest, PayloadTooLarge
@@ -139,6 +140,8 @@ async def _parse(request: Request, boundary: bytes, sink: IO[bytes], max_bytes: 
         parser.finalize()
     except FormParserError as exc:
         raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+    except ClientDisconnect as exc:
+        raise InvalidRequest("the upload was interrupted", code="upload_interrupted") from exc
     await asyncio.to_thread(_sync, sink)
     return form
 

@@ -25,7 +25,7 @@ from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
 
-BATCH_ROUND_S = 0.25  # engine time of one round of batch-lane work (interactive jobs wait at most that)
+BATCH_ROUND_S = 0.1  # engine time of one round of batch-lane work (interactive jobs wait at most that)
 
 
 class BatchedHandler(Handler):

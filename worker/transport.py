@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import msgpack
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from common import keys
 from common.discovery import Catalog, ModelType
@@ -78,8 +78,14 @@ class WorkerTransport:
     async def _read(self, streams: list[str], count: int, block_ms: int | None) -> list[Delivery]:
         cursors = {s: self._cursor[s] for s in streams}
         walking = any(c != ">" for c in cursors.values())  # our own pending entries: never block
-        reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, cursors,  # type: ignore[arg-type]
-                                            count=count, block=None if walking else block_ms)
+        try:
+            reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, cursors,  # type: ignore[arg-type]
+                                                count=count, block=None if walking else block_ms)
+        except (RedisError, OSError):
+            # Redis may come back from its AOF a second behind: an answer we gave may be lost and the job
+            # pending for us again. Walk our pending entries once more (the ones we still hold are skipped).
+            self._cursor.update(dict.fromkeys(self.streams, "0"))
+            raise
         got = {raw.decode(): entries for raw, entries in reply or []}
         out: list[Delivery] = []
         for stream in streams:
@@ -87,6 +93,8 @@ class WorkerTransport:
             if cursors[stream] != ">":
                 self._cursor[stream] = entries[-1][0].decode() if entries else ">"
             for entry_id, fields in entries:
+                if (stream, entry_id.decode()) in self._held:
+                    continue  # admitted already and still being served
                 delivery = await self._decode(stream, entry_id.decode(), fields)
                 if delivery is not None:
                     self._held.add((stream, delivery.entry_id))
