@@ -53,10 +53,14 @@ class FileStore:
     def __init__(self, data_dir: Path) -> None:
         self.dir = data_dir / "files"
         self.tmp_dir = data_dir / "tmp"
+
+    def _folders(self) -> None:
+        """Made on first write, not at start: an API that never sees a file leaves no folders behind."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def temp_path(self) -> Path:
+        self._folders()
         return self.tmp_dir / f"upload-{uuid.uuid4().hex}.part"
 
     def content_path(self, file_id: str) -> Path:
@@ -110,6 +114,7 @@ class FileStore:
             return self.get(file_id)
         except NotFound:
             pass
+        self._folders()
         content = self.dir / f"{file_id}.jsonl"
         if not content.exists():
             _link_or_copy(source, content)
@@ -125,6 +130,7 @@ class FileStore:
             _link_or_copy(source, target)
 
     def _write_meta(self, meta: FileMeta) -> None:
+        self._folders()
         tmp = self.tmp_dir / f"{meta.id}.{uuid.uuid4().hex}.json"
         tmp.write_bytes(orjson.dumps(asdict(meta)))
         os.replace(tmp, self.dir / f"{meta.id}.json")
