@@ -158,6 +158,8 @@ def report(plan: Plan, host: dict[str, Any], texts: list[str], tokens: int, st_s
         rows.append({"path": f"stack: {name}", "inputs_per_request": per_request or len(texts),
                      "in_flight": in_flight, "seconds": round(best, 3), "texts_per_s": round(len(texts) / best, 1),
                      "tokens_per_s": round(stack_tokens[name] / best, 1), "ratio": round(st_best / best, 3),
+                     # each repeat's ratio against the sentence-transformers pass just before it (same load)
+                     "paired_ratios": [round(a / b, 3) for a, b in zip(st_s, stack_s[name], strict=True)],
                      "all_seconds": [round(x, 3) for x in stack_s[name]]})
     return {"benchmark": "embeddings", "plan": asdict(plan), "machine": host, "texts": len(texts),
             "words_per_text": {"min": min(len(t.split()) for t in texts), "max": max(len(t.split()) for t in texts)},
@@ -171,9 +173,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"model: {result['plan']['model']}; {result['texts']} texts ({result['words_per_text']['min']}-"
           f"{result['words_per_text']['max']} words, {result['tokens']} tokens); best of {result['plan']['repeats']}; "
           f"{host['cores']} cores, load {host['load_avg_at_start']}")
-    print(f"{'path':<48}{'texts/s':>10}{'tokens/s':>11}{'ratio':>8}")
+    print(f"{'path':<48}{'texts/s':>10}{'tokens/s':>11}{'ratio':>8}  per repeat")
     for r in result["rows"]:
-        print(f"{r['path']:<48}{r['texts_per_s']:>10.1f}{r['tokens_per_s']:>11.0f}{r['ratio']:>7.2f}x")
+        paired = " ".join(f"{x:.2f}" for x in r.get("paired_ratios", []))
+        print(f"{r['path']:<48}{r['texts_per_s']:>10.1f}{r['tokens_per_s']:>11.0f}{r['ratio']:>7.2f}x  {paired}")
     print(f"vectors: min cosine similarity to sentence-transformers' {result['min_cosine_vs_sentence_transformers']}")
 
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,33 +187,35 @@ def build(plan: Plan, root: Path) -> dict[str, ModelInfo]:
     return scan_models(root).models
 
 
-def measure(plan: Plan, root: Path) -> dict[str, Any]:
+def measure(plan: Plan, root: Path, out: Path) -> dict[str, Any]:
+    """Every section in turn; the JSON is rewritten after each (`complete` false until the end), so a run
+    stopped early still leaves what it measured. The compiled run goes last, and only with time left."""
     started = time.perf_counter()
-    elapsed: dict[str, float] = {}
+    result: dict[str, Any] = {"benchmark": "gpu", "plan": asdict(plan), "machine": describe(plan),
+                              "smoke": plan.device == "cpu", "complete": False, "elapsed_s": {}}
 
-    def lap(name: str) -> None:
-        elapsed[name] = round(time.perf_counter() - started - sum(elapsed.values()), 1)
+    def record(name: str, value: Any) -> None:
+        result[name] = value
+        result["elapsed_s"][name] = round(time.perf_counter() - started - sum(result["elapsed_s"].values()), 1)
+        result["total_s"] = round(time.perf_counter() - started, 1)
+        write_json(out, result)
+        print(f"[{result['total_s']:.0f} s] {name} done", flush=True)
 
     infos = build(plan, root)
     settings = gm.make_settings(plan.device)
-    lap("build_models")
+    record("models", {name: {"path": info.path, "size_bytes": info.size_bytes} for name, info in infos.items()})
     embedding, compile_run = embedding_section(plan, infos["embedding"], settings)
-    lap("embedding")
-    rerank = rerank_section(plan, infos["reranker"], settings)
-    lap("rerank")
-    chat = chat_section(plan, infos["chat"], settings)
-    lap("chat")
+    record("embedding", embedding)
+    record("rerank", rerank_section(plan, infos["reranker"], settings))
+    record("chat_transformers", chat_section(plan, infos["chat"], settings))
+    record("switching", switching_section(plan, infos, settings))
     left = plan.budget_s - (time.perf_counter() - started)
     skip = None if plan.compile else "off for this run (--smoke or --no-compile)"
     if left < COMPILE_MIN_LEFT_S:
         skip = skip or f"only {left:.0f} s of the {plan.budget_s:.0f} s budget left"
-    compiled = compile_run(skip)
-    lap("embedding_compiled")
-    switching = switching_section(plan, infos, settings)
-    lap("switching")
-    return {"benchmark": "gpu", "plan": asdict(plan), "machine": describe(plan), "embedding": embedding,
-            "embedding_compiled": compiled, "rerank": rerank, "chat_transformers": chat, "switching": switching,
-            "elapsed_s": elapsed, "total_s": round(time.perf_counter() - started, 1)}
+    result["complete"] = True
+    record("embedding_compiled", compile_run(skip))
+    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -253,17 +255,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/gpu[-smoke].json)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
-    if args.no_compile or args.budget_s:
-        plan = Plan(**{**asdict(plan), "compile": plan.compile and not args.no_compile,
-                       "budget_s": args.budget_s or plan.budget_s})
+    plan = replace(plan, compile=plan.compile and not args.no_compile, budget_s=args.budget_s or plan.budget_s)
     if plan.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run `python -m bench gpu --smoke` for the CPU check", file=sys.stderr)
         return 2
+    out = output_path("gpu", args.smoke, args.out)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as tmp:
-        result = measure(plan, Path(tmp))
-    result["smoke"] = args.smoke
+        result = measure(plan, Path(tmp), out)
     print_table(result)
-    write_json(output_path("gpu", args.smoke, args.out), result)
     return 0
 
 
