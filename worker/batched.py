@@ -13,6 +13,8 @@ import time
 from abc import abstractmethod
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from common import keys
 from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.protocol import Message, MessageKind, now_ms
@@ -61,8 +63,19 @@ class BatchedHandler(Handler):
             await self._work.wait()
             self._work.clear()
             while len(self.queue):
-                await self.serve_round()
+                try:
+                    await self.serve_round()
+                except (RedisError, OSError) as exc:  # Redis away mid-round: keep the worker alive
+                    log.warning("round failed (%s); its jobs stay pending in Redis and are read again", exc)
+                    self._forget_unanswered()
+                    await asyncio.sleep(0.5)
                 self.room.set()
+
+    def _forget_unanswered(self) -> None:
+        """Drop every admitted, unanswered job from memory; the reader walks our pending entries again."""
+        self.queue.drop(lambda _: True)
+        self.transport.forget(list(self._deliveries.values()))
+        self._deliveries.clear()
 
     async def admit(self, delivery: Delivery) -> None:
         try:

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from common.discovery import ModelType
 from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.protocol import Message, MessageKind, now_ms
@@ -102,7 +104,11 @@ class ChatHandler(Handler):
             if not self._tasks:
                 continue
             ids = list(self._tasks)
-            gone = await self.transport.cancelled(ids)
+            try:
+                gone = await self.transport.cancelled(ids)
+            except (RedisError, OSError) as exc:  # Redis away: keep serving, look again next time
+                log.warning("cancel poll failed: %s", exc)
+                continue
             now = now_ms()
             for request_id in ids:
                 entry = self._tasks.get(request_id)

@@ -111,6 +111,12 @@ class WorkerTransport:
             await self.ack(stream, entry_id)
             return None
 
+    def forget(self, deliveries: list[Delivery]) -> None:
+        """Unanswered jobs dropped from memory: walk our pending entries again at the next read."""
+        for delivery in deliveries:
+            self._held.discard((delivery.stream, delivery.entry_id))
+        self._cursor.update(dict.fromkeys(self.streams, "0"))
+
     async def ack(self, stream: str, entry_id: str) -> None:
         self._held.discard((stream, entry_id))
         pipe = self.redis.pipeline(transaction=True)
