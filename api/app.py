@@ -6,17 +6,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from api import errors, stats
 from api.auth import BearerAuth
 from api.batch_service import BatchService
 from api.limits import BodyLimit
-from api.metrics import MeasureRequests, Metrics
-from api.routes import batches, chat, embeddings, files, health, models, rerank, status
+from api.metrics import MeasureRequests, Metrics, RequestLog
+from api.routes import admin, batches, chat, embeddings, files, health, models, rerank, status
 from api.services import Services
 from common.settings import Settings
 
 JSON_PATHS = ("/v1/embeddings", "/v1/chat/completions", "/v1/completions")
+
+
+class App(FastAPI):
+    """FastAPI with `RequestLog` around the whole stack: `add_middleware` would put it inside Starlette's
+    ServerErrorMiddleware, whose 500s would then lack the request id header and the access line."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestLog(super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,13 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.batches.close()
             await services.close()
 
-    app = FastAPI(title="Local LLM Interface", version="0.1.0", lifespan=lifespan)
+    app = App(title="Local LLM Interface", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     stats.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, paths=(*JSON_PATHS, *rerank.PATHS))
     app.add_middleware(BearerAuth, settings=settings)
     app.state.metrics = Metrics()
     app.add_middleware(MeasureRequests, metrics=app.state.metrics)  # outermost: counts 401s and 413s too
-    for module in (chat, embeddings, models, health, status, rerank, files, batches):
+    for module in (chat, embeddings, models, health, status, rerank, files, batches, admin):
         app.include_router(module.router)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 from api.results import ResultRouter
 from common import keys
 from common.errors import DeadlineExceeded, Overloaded, Unavailable, from_wire
+from common.logs import request_id_var
 from common.protocol import DATA_FIELD, Job, Message, MessageKind, now_ms
 
 # Atomically: refuse past the queue limit, else append the job and wake this API's read loop.
@@ -36,7 +38,10 @@ class Dispatcher:
         self._submit = redis.register_script(_SUBMIT)
 
     async def submit(self, job: Job) -> str:
-        """Append the job (429 past the queue limit, 503 when Redis is away); its stream entry id."""
+        """Append the job (429 past the queue limit, 503 when Redis is away); its stream entry id.
+        A job without a request id gets the current HTTP request's (set by `RequestLog`)."""
+        if job.request_id is None and (request_id := request_id_var.get()) is not None:
+            job = dataclasses.replace(job, request_id=request_id)
         args: list[Any] = [self.max_queued, DATA_FIELD, job.encode(), keys.WAKE_STREAM_MAXLEN, job.id, self.ttl_s]
         try:
             entry_id = await self._submit(keys=[keys.job_stream(job.kind), self.router.wake_key], args=args)

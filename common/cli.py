@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 from common import embedded_redis
+from common.logs import setup_logging
 from common.settings import Settings
 
 
@@ -18,14 +20,18 @@ def _run_api(settings: Settings) -> None:
 
     from api.app import create_app
 
+    setup_logging(settings)
+    logging.getLogger("arq").setLevel(logging.WARNING)  # not a line per batch cron run (every 2 s); failures stay
     # SIGTERM: stop accepting, let open requests and streams finish for up to 30 s, then close.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    # Uvicorn's loggers go through ours (log_config=None); its access log is off: `RequestLog` writes one.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=30)
 
 
 def _run_worker(settings: Settings) -> None:
     from worker.main import main as worker_main
 
+    setup_logging(settings)  # before worker.main's basicConfig, which then leaves it as it is
     worker_main(settings)
 
 

@@ -1,7 +1,9 @@
 """The wire protocol between API and worker: a versioned job envelope and result messages.
 
 Everything on Redis is msgpack (bytes stay bytes: embeddings travel as little-endian float32).
-Never pickle. A message with an unknown version is refused, not guessed at.
+Never pickle. A message with an unknown version is refused, not guessed at. A field added later is
+optional (it has a default and old messages without it decode); WIRE_VERSION changes only when a
+message would be misread by the other side.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Job:
     payload: dict[str, Any]
     created_ms: int = field(default_factory=now_ms)
     deadline_ms: int = 0  # 0 = none
+    request_id: str | None = None  # the HTTP request's X-Request-ID, for the worker's logs (None: unknown)
 
     def encode(self) -> bytes:
         return pack({"t": "job", **asdict(self)})
@@ -87,6 +90,7 @@ class Job:
                 payload=dict(obj["payload"]),
                 created_ms=int(obj["created_ms"]),
                 deadline_ms=int(obj["deadline_ms"]),
+                request_id=str(obj["request_id"]) if obj.get("request_id") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed job: {exc!r}") from exc
