@@ -27,7 +27,7 @@ class Snapshot:
     workers: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
-    states: dict[str, dict[str, str]] = field(default_factory=dict)  # model id -> loaded / failed (+ error)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # model id -> state, error, placement, jobs
     taken_at: float = 0.0
 
 
@@ -66,7 +66,7 @@ class ModelDirectory:
                 snap.models.setdefault(info.id, info)
             snap.problems.extend(record.get("problems", []))
             for model_id, state in record.get("states", {}).items():
-                if snap.states.get(model_id, {}).get("state") != "loaded":  # loaded anywhere wins
+                if _rank(state) >= _rank(snap.states.get(model_id)):  # the most useful worker's view wins
                     snap.states[model_id] = state
         return snap
 
@@ -97,3 +97,10 @@ class ModelDirectory:
         served = ", ".join(ids) or "none"
         raise InvalidRequest(f"'model' is required unless exactly one {model_type} model is served ({served})",
                              param="model", code="model_required")
+
+
+_RANK = {"loaded": 5, "loading": 4, "parked": 3, "unloading": 2, "failed": 1}
+
+
+def _rank(state: dict[str, Any] | None) -> int:
+    return -1 if state is None else _RANK.get(str(state.get("state")), 0)

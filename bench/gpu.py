@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from bench import gpu_models as gm  # first: it stands in for what is missing (see install_fallbacks)
+from bench.gpu_scheduler import scheduler_section
 from bench.gpu_sections import chat_section, rerank_section, switching_section
 from bench.gpu_timing import (
     COMPILE_MIN_LEFT_S,
@@ -57,7 +58,7 @@ from bench.gpu_timing import (
 from bench.util import output_path, write_json
 from common.discovery import ModelInfo, scan_models
 from worker.batcher import plan_batches
-from worker.engines.base import right_pad
+from worker.engines.base import compile_layers, right_pad
 from worker.engines.embedding import EmbeddingEngine, pad_batch, shape_vector
 
 
@@ -148,19 +149,11 @@ def embedding_section(plan: Plan, info: ModelInfo, settings: Any) -> tuple[dict[
 
 def compiled_rate(plan: Plan, engine: EmbeddingEngine, work: Callable[[Any], Any], batches: list[Any],
                   tokens: int) -> dict[str, Any]:
-    """The sorted batches with every decoder layer compiled (regional compilation: one layer's code is
-    compiled once and reused by all 28, with dynamic shapes, so it costs seconds, not minutes)."""
-    import torch._dynamo
-
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 64)
-    layers = getattr(engine.model, "layers", None)
-    if layers is None:
-        return {"skipped": "the model has no .layers"}
+    """The sorted batches with every decoder layer compiled, as the engine does with
+    LLM_EMBEDDING_COMPILE=true (`worker.engines.base.compile_layers`)."""
     try:
-        for layer in layers:
-            layer.compile(dynamic=True)
+        if not compile_layers(engine.model):
+            return {"skipped": "the model has no .layers"}
         result = sorted_rate(plan, work, batches, tokens)
         result["no_padding_mask"] = without_mask(plan, engine, work, batches, tokens)
     except Exception as exc:  # a compiler failure is a result, not a crash of the benchmark
@@ -209,6 +202,7 @@ def measure(plan: Plan, root: Path, out: Path) -> dict[str, Any]:
     record("rerank", rerank_section(plan, infos["reranker"], settings))
     record("chat_transformers", chat_section(plan, infos["chat"], settings))
     record("switching", switching_section(plan, infos, settings))
+    record("scheduler", scheduler_section(plan, infos, settings))
     left = plan.budget_s - (time.perf_counter() - started)
     skip = None if plan.compile else "off for this run (--smoke or --no-compile)"
     if left < COMPILE_MIN_LEFT_S:
@@ -244,6 +238,13 @@ def print_table(result: dict[str, Any]) -> None:
     for name, s in result["switching"].items():
         print(f"{name:<14}{s['cold_load_s']:>10.2f}{s['reload_page_cache_warm_s']:>8.2f}{s['park_to_cpu_s']:>8.2f}"
               f"{s['restore_pageable_s']:>9.3f}{s['restore_pinned_s']:>8.3f}{s['cold_over_restore_pinned']:>8.0f}x")
+        print(f"{'':<14}engine.park {s['engine_park_s']:.3f} s, engine.wake {s['engine_wake_s']:.3f} s "
+              f"({s['engine_wake_over_cold_load']:.3f}x the cold load)")
+    sc = result["scheduler"]
+    print(f"scheduler (embedding, cache 1): first load {sc['cold_no_cpu_cache']['first_load_ms']} ms, cold switch "
+          f"{sc['cold_switch_ms_median']} ms ({sc['cold_switch_over_first_load']:.2f}x), warm switch back "
+          f"{sc['warm_switch_back_ms_median']} ms ({sc['warm_over_cold']:.3f}x cold); parked answers equal: "
+          f"{sc['warm_parking']['parked_answers_equal']}")
 
 
 def main() -> int:

@@ -124,6 +124,8 @@ def switch_one(plan: Plan, make: Callable[[], Engine], probe: Callable[[Engine],
     held.model.to("cpu")
     pin_s = timed(plan.device, lambda: pin(held.model)) if pinned else 0.0
     restore_pinned_s = timed(plan.device, lambda: held.model.to(plan.device, non_blocking=pinned))
+    engine_park_s = timed(plan.device, engine.park)  # the worker's path: one pinned buffer, GPU freed
+    engine_wake_s = timed(plan.device, engine.wake)
     engine.unload()
     reload_s = timed(plan.device, engine.load)
     engine.unload()
@@ -131,6 +133,8 @@ def switch_one(plan: Plan, make: Callable[[], Engine], probe: Callable[[Engine],
             round(reload_s, 3), "park_to_cpu_s": round(park_s, 3), "restore_pageable_s": round(restore_s, 3),
             "pin_s": round(pin_s, 3), "restore_pinned_s": round(restore_pinned_s, 3),
             "cold_over_restore_pinned": round(cold_s / max(restore_pinned_s, 1e-6), 1),
+            "engine_park_s": round(engine_park_s, 3), "engine_wake_s": round(engine_wake_s, 3),
+            "engine_wake_over_cold_load": round(engine_wake_s / max(cold_s, 1e-6), 3),
             "first_request_ms": round(first_ms, 1), "warm_request_ms": round(warm_ms, 1),
             "request_after_restore_ms": round(after_restore_ms, 1)}
 

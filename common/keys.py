@@ -30,6 +30,10 @@ WORKER_PREFIX = PREFIX + "worker:"
 
 # Batch API (api/batch_*.py). Each job stream has a lower-priority lane, `llm:jobs:{type}:batch`, read
 # through the same consumer group only while no interactive job waits.
+ADMIN_STREAM = PREFIX + "admin"  # admin commands (load, unload) every worker reads, without a group
+ADMIN_STREAM_MAXLEN = 1_000
+PINS = PREFIX + "pins"  # hash: model id -> "1" pinned / "0" unpinned by an admin (overrides LLM_PINNED_MODELS)
+
 BATCH_LANE_SUFFIX = ":batch"
 # Per batch: a hash (the batch object and its progress), `:done` (bitmap of finished input lines),
 # `:jobs` (hash of the batch's jobs in flight) and `:lease` (which process drives it now).

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
 
     # --- where things are ---
     models_dir: Path = Field(Path("./models"), description="Folder of model folders (HF layout).")
+    models_rescan_s: float = Field(30.0, gt=0.0, description="How often the worker rescans the models folder.")
     data_dir: Path = Field(Path("./data"), description="Batch files and embedded Redis data.")
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(15530, ge=1, le=65535, description="API port.")
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
         None, description="Redis URL. Unset: `serve` starts an embedded redis-server."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="Log lines: text, or JSON objects.")
 
     # --- GPU memory budget and placement ---
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Worker device.")
@@ -57,6 +59,7 @@ class Settings(BaseSettings):
 
     # --- embeddings ---
     embedding_batch_tokens: int = Field(16384, ge=64, description="Padded tokens per micro-batch.")
+    embedding_compile: bool = Field(False, description="torch.compile each layer of embedding models on CUDA.")
     embedding_max_batch_size: int = Field(256, ge=1)
     embedding_truncate: bool = Field(True, description="Truncate over-long inputs (else 400).")
     max_inputs_per_request: int = Field(2048, ge=1)
@@ -86,6 +89,8 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated Bearer keys; empty = open.")
     admin_api_keys: str = Field("", description="Comma-separated keys for /admin/ routes.")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Request body size of JSON endpoints.")
+    debug_oom_tokens: int = Field(
+        0, ge=0, description="Fault injection (drill 12): a batch over this many padded tokens raises out of memory.")
     debug_crash_on: str | None = Field(None, description="Tests only: the worker exits on a job containing this.")
     worker_id: str | None = Field(None, description="Consumer name; default host-pid.")
 

@@ -424,12 +424,31 @@ def test_a_model_too_big_for_the_cpu_cache_is_unloaded_not_parked() -> None:
     assert sim.fx.take()[0] == ("unload", "A")
 
 
-def test_on_cpu_only_evicted_models_are_unloaded() -> None:
+def test_on_cpu_only_evicted_models_are_parked_within_the_cpu_cache() -> None:
     sim = Sim([gpu("A", device="cpu"), gpu("B", device="cpu")], gpu_budget_bytes=None)
     sim.job("a", "A")
     sim.run_all()
     sim.job("b", "B")
+    assert sim.fx.take()[0] == ("park", "A")
+
+
+def test_on_cpu_only_evicted_models_are_unloaded_without_a_cpu_cache() -> None:
+    sim = Sim([gpu("A", device="cpu"), gpu("B", device="cpu")], gpu_budget_bytes=None, cpu_cache_bytes=0)
+    sim.job("a", "A")
+    sim.run_all()
+    sim.job("b", "B")
     assert sim.fx.take()[0] == ("unload", "A")
+
+
+def test_admin_drop_unloads_an_idle_model_and_refuses_a_busy_one() -> None:
+    sim = Sim([gpu("A"), gpu("B", EMB)], pinned=frozenset({"A"}))
+    sim.job("a", "A")
+    sim.finish_io()  # A loaded; a granted, still running
+    assert not sim.policy.drop("A", sim.now)  # a job runs on it
+    sim.done("a")
+    assert sim.policy.drop("A", sim.now)
+    assert ("unload", "A") in sim.fx.io
+    assert "A" not in sim.policy.pinned
 
 
 # ---- idle unload ----

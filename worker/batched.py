@@ -1,13 +1,15 @@
 """Handlers whose jobs are micro-batched by token budget: admit (tokenise), rounds of batches, reply.
 
 A subclass says how to turn a job into a `Pending` (its sequences), how to run one batch on its
-engine, and what a finished job's answer looks like; queueing, cancellation, deadlines, failures
-and replies are shared here (embeddings and rerank both use it).
+engine, and what a finished job's answer looks like; queueing, waiting for the model (the
+scheduler grants each job once its model is resident), cancellation, deadlines, failures (a batch
+that runs out of memory is retried in halves) and replies are shared here (embeddings and rerank).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import abstractmethod
@@ -17,28 +19,34 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.errors import DeadlineExceeded, EngineFailure, ServiceError
+from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker.batcher import BatchQueue, Item, Pending
-from worker.engines.base import Engine
+from worker.engines.base import Engine, free_memory
 from worker.handler import Handler
 from worker.models import ModelManager
+from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
 
 BATCH_ROUND_S = 0.1  # engine time of one round of batch-lane work (interactive jobs wait at most that)
+POLL_S = 0.2  # jobs waiting for their model are checked this often for a gone caller or a passed deadline
 
 
 class BatchedHandler(Handler):
-    def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport,
+    def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler, transport: WorkerTransport,
                  queue: BatchQueue, max_waiting: int) -> None:
-        super().__init__(settings, models, transport)
-        self.queue = queue
+        super().__init__(settings, models, scheduler, transport)
+        self.queue = queue  # granted jobs: their model is resident and stays so until they are released
         self.max_waiting = max_waiting
-        self._deliveries: dict[str, Delivery] = {}
+        self._deliveries: dict[str, Delivery] = {}  # every admitted, unanswered job
+        self._awaiting: dict[str, tuple[Pending, asyncio.Task[None]]] = {}  # admitted, waiting for their model
         self._rate: float | None = None  # sequences per second of recent rounds
         self._work = asyncio.Event()
+        self.oom_splits = 0
+        self.oom_failures = 0
 
     @abstractmethod
     async def prepare(self, delivery: Delivery) -> Pending:
@@ -58,22 +66,34 @@ class BatchedHandler(Handler):
     def idle(self) -> bool:
         return not self._deliveries
 
+    def stats(self) -> dict[str, int]:
+        return {f"{self.model_type}_oom_splits": self.oom_splits, f"{self.model_type}_oom_failures": self.oom_failures}
+
     async def run(self) -> None:
         while True:
-            await self._work.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), POLL_S)
             self._work.clear()
-            while len(self.queue):
-                try:
+            try:
+                if self._awaiting:
+                    await self._drop_gone()
+                while len(self.queue):
                     await self.serve_round()
-                except (RedisError, OSError) as exc:  # Redis away mid-round: keep the worker alive
-                    log.warning("round failed (%s); its jobs stay pending in Redis and are read again", exc)
-                    self._forget_unanswered()
-                    await asyncio.sleep(0.5)
+                    self.room.set()
+            except (RedisError, OSError) as exc:  # Redis away mid-round: keep the worker alive
+                log.warning("round failed (%s); its jobs stay pending in Redis and are read again", exc)
+                self._forget_unanswered()
+                await asyncio.sleep(0.5)
                 self.room.set()
 
     def _forget_unanswered(self) -> None:
         """Drop every admitted, unanswered job from memory; the reader walks our pending entries again."""
         self.queue.drop(lambda _: True)
+        for _, task in self._awaiting.values():
+            task.cancel()
+        self._awaiting.clear()
+        for job_id in self._deliveries:
+            self.scheduler.release(job_id)
         self.transport.forget(list(self._deliveries.values()))
         self._deliveries.clear()
 
@@ -85,8 +105,27 @@ class BatchedHandler(Handler):
             return
         pending.batch = keys.is_batch_stream(delivery.stream)
         self._deliveries[delivery.job.id] = delivery
+        with request_context(delivery.job.request_id):  # its wait for the model logs with its request id
+            self._awaiting[delivery.job.id] = (pending, asyncio.create_task(self._await_model(pending)))
+
+    async def _await_model(self, pending: Pending) -> None:
+        """Queue the job once the scheduler grants it its model; answer it when the model cannot serve."""
+        job = pending.job
+        try:
+            await self.scheduler.acquire(job.id, job.model, self.model_type, job.created_ms / 1000)
+        except ServiceError as exc:
+            self._awaiting.pop(job.id, None)
+            with contextlib.suppress(RedisError, OSError):  # unanswered: read again after the outage
+                await self._fail({pending}, exc)
+            return
+        self._awaiting.pop(job.id, None)
         self.queue.add(pending)
         self._work.set()
+
+    def _take(self, job_id: str) -> Delivery | None:
+        """Forget an answered (or dropped) job, and let the scheduler switch its model away."""
+        self.scheduler.release(job_id)
+        return self._deliveries.pop(job_id, None)
 
     async def serve_round(self) -> None:
         await self._drop_gone()
@@ -94,10 +133,9 @@ class BatchedHandler(Handler):
         if round_ is None:
             return
         model, batches = round_
-        try:
-            engine = await self.models.get(model, self.model_type)
-        except ServiceError as exc:
-            await self._fail({it.pending for b in batches for it in b}, exc)
+        engine = self.scheduler.engines.get(model)
+        if engine is None:  # cannot happen: a model with granted jobs is never evicted
+            await self._fail({it.pending for b in batches for it in b}, EngineFailure(f"model '{model}' is not loaded"))
             return
         started, seqs = time.perf_counter(), sum(len(b) for b in batches)
         for batch in batches:
@@ -117,34 +155,72 @@ class BatchedHandler(Handler):
         if not live:
             return
         try:
-            results = await asyncio.to_thread(self.compute, engine, live)
-        except Exception as exc:  # engine failure (e.g. out of memory): answer, don't crash
-            log.exception("%s batch failed", self.model_type)
-            await self._fail({it.pending for it in live}, EngineFailure(f"{self.model_type} failed: {exc}"))
+            results = await asyncio.to_thread(self._compute, engine, live)
+        except Exception as exc:  # engine failure: answer, don't crash; out of memory: retry in halves
+            oom = _out_of_memory(exc)
+            if oom:
+                await asyncio.to_thread(free_memory, getattr(engine, "device", "cpu"))
+            if oom and len(live) > 1:
+                self.oom_splits += 1
+                log.warning("%s batch of %d sequences ran out of memory; retrying it in halves", self.model_type,
+                            len(live))
+                await self._run_batch(engine, live[: len(live) // 2])
+                await self._run_batch(engine, live[len(live) // 2:])
+                return
+            self.oom_failures += oom
+            log.exception("%s batch failed (requests %s)", self.model_type,
+                          ", ".join(sorted({str(it.pending.job.request_id) for it in live})))
+            error = (EngineFailure(f"out of memory on one {self.model_type} input of {len(live[0].seq)} tokens; "
+                                   "send shorter inputs", code="out_of_memory") if oom
+                     else EngineFailure(f"{self.model_type} failed: {exc}"))
+            await self._fail({it.pending for it in live}, error)
             return
         for item, result in zip(live, results, strict=True):
             if item.pending.fill(item.index, result):
                 await self._finish(item.pending)
 
+    def _compute(self, engine: Engine, items: list[Item]) -> list[Any]:
+        limit = self.settings.debug_oom_tokens  # fault injection for the out-of-memory drill
+        if limit and max(len(it.seq) for it in items) * len(items) > limit:
+            import torch
+
+            raise torch.OutOfMemoryError(f"LLM_DEBUG_OOM_TOKENS: batch over {limit} padded tokens")
+        return self.compute(engine, items)
+
     async def _finish(self, pending: Pending) -> None:
-        delivery = self._deliveries.pop(pending.job.id)
-        await self.transport.reply(delivery, Message(MessageKind.RESULT, self.body(pending)))
+        delivery = self._take(pending.job.id)
+        if delivery is not None:
+            await self.transport.reply(delivery, Message(MessageKind.RESULT, self.body(pending)))
 
     async def _fail(self, pendings: set[Pending], exc: ServiceError) -> None:
+        self.queue.drop(lambda p: p in pendings)  # a job failed in one batch leaves its other sequences too
         for pending in pendings:
-            delivery = self._deliveries.pop(pending.job.id, None)
+            delivery = self._take(pending.job.id)
             if delivery is not None:
                 await self.transport.reply(delivery, Message.error(exc))
 
     async def _drop_gone(self) -> None:
-        """Skip jobs whose caller has gone or whose deadline has passed."""
-        waiting = self.queue.waiting()
+        """Skip jobs (queued, or waiting for their model) whose caller has gone or whose deadline passed."""
+        waiting = self.queue.waiting() + [p for p, _ in self._awaiting.values()]
+        if not waiting:
+            return
         gone = await self.transport.cancelled([p.job.id for p in waiting])
         now = now_ms()
         expired = {p.job.id for p in waiting if p.job.deadline_ms and p.job.deadline_ms < now}
-        for pending in self.queue.drop(lambda p: p.job.id in gone or p.job.id in expired):
-            delivery = self._deliveries.pop(pending.job.id)
+        dropped = self.queue.drop(lambda p: p.job.id in gone or p.job.id in expired)
+        for job_id in [j for j in self._awaiting if j in gone or j in expired]:
+            pending, task = self._awaiting.pop(job_id)
+            task.cancel()
+            dropped.append(pending)
+        for pending in dropped:
+            delivery = self._take(pending.job.id)
+            if delivery is None:
+                continue
             if pending.job.id in expired:
                 await self.transport.reply(delivery, Message.error(DeadlineExceeded("deadline passed")))
             else:
                 await self.transport.ack(delivery.stream, delivery.entry_id)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()

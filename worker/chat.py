@@ -16,11 +16,13 @@ from redis.exceptions import RedisError
 
 from common.discovery import ModelType
 from common.errors import DeadlineExceeded, EngineFailure, ServiceError
+from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams
 from worker.handler import Handler
 from worker.models import ModelManager
+from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ class Sequence:
 class ChatHandler(Handler):
     model_type = ModelType.CHAT
 
-    def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport) -> None:
-        super().__init__(settings, models, transport)
+    def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
+                 transport: WorkerTransport) -> None:
+        super().__init__(settings, models, scheduler, transport)
         self._tasks: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._expired: set[str] = set()
         self._gone_at: dict[str, int] = {}  # request id -> when its caller left (ms)
@@ -55,7 +58,7 @@ class ChatHandler(Handler):
         return not self._tasks
 
     def stats(self) -> dict[str, int]:
-        engines = [e for e in self.models.loaded(self.model_type) if isinstance(e, ChatEngine)]
+        engines = [e for e in self.scheduler.engines.values() if isinstance(e, ChatEngine)]
         return {"chat_jobs": len(self._tasks), "chat_sequences": sum(e.running() for e in engines),
                 "chat_aborts": self.aborts, "chat_skipped": self.skipped,
                 "chat_last_abort_latency_ms": self.last_abort_latency_ms}
@@ -63,7 +66,8 @@ class ChatHandler(Handler):
     async def admit(self, delivery: Delivery) -> None:
         """Start the job's task at once: jobs are prepared concurrently, not one after another."""
         job = delivery.job
-        task = asyncio.create_task(self._serve(delivery))
+        with request_context(job.request_id):  # the job's log lines carry its request id
+            task = asyncio.create_task(self._serve(delivery))
         self._tasks[job.id] = (delivery, task)
         task.add_done_callback(lambda _: self._done(job.id))
 
@@ -129,11 +133,12 @@ class ChatHandler(Handler):
             if prepared is None:
                 return
             sequences, prompt_tokens = prepared
-            engine = await self.models.get(job.model, self.model_type)
+            engine = await self.scheduler.acquire(job.id, job.model, self.model_type, job.created_ms / 1000)
             assert isinstance(engine, ChatEngine)
             for seq in sequences:
                 engine.check(seq.params)
             completion = await self._stream(delivery, engine, sequences)
+            self.scheduler.release(job.id)  # the model may switch while the last message is written
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                      "total_tokens": prompt_tokens + completion}
             await self.transport.reply(delivery, Message(MessageKind.DONE, {"usage": usage}))
@@ -148,6 +153,8 @@ class ChatHandler(Handler):
         except Exception as exc:
             log.exception("chat job %s failed", job.id)
             await self.transport.reply(delivery, Message.error(EngineFailure(f"generation failed: {exc}")))
+        finally:
+            self.scheduler.release(job.id)
 
     def _count_abort(self, request_id: str) -> None:
         """The engine has aborted the job's sequences: count it, and how long after the caller left."""

@@ -12,15 +12,18 @@ from worker.batcher import BatchQueue, Item, Pending
 from worker.engines.base import Engine
 from worker.engines.embedding import EmbeddingEngine, shape_vector
 from worker.models import ModelManager
+from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 
 class EmbeddingHandler(BatchedHandler):
     model_type = ModelType.EMBEDDING
 
-    def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport) -> None:
+    def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
+                 transport: WorkerTransport) -> None:
         queue = BatchQueue(settings.embedding_batch_tokens, settings.embedding_max_batch_size)
-        super().__init__(settings, models, transport, queue, max_waiting=4 * settings.embedding_max_batch_size)
+        super().__init__(settings, models, scheduler, transport, queue,
+                         max_waiting=4 * settings.embedding_max_batch_size)
 
     async def prepare(self, delivery: Delivery) -> Pending:
         job = delivery.job

@@ -9,6 +9,7 @@ from typing import ClassVar
 from common.discovery import ModelType
 from common.settings import Settings
 from worker.models import ModelManager
+from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 
@@ -17,9 +18,11 @@ class Handler(ABC):
 
     model_type: ClassVar[ModelType]
 
-    def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport) -> None:
+    def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
+                 transport: WorkerTransport) -> None:
         self.settings = settings
         self.models = models
+        self.scheduler = scheduler  # acquire a job's engine, release it when the job is answered
         self.transport = transport
         self.room = asyncio.Event()  # set whenever capacity() may have grown
 

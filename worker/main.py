@@ -19,18 +19,20 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from common import keys
+from common.logs import setup_logging
 from common.settings import Settings
+from worker.admin import AdminCommands
 from worker.chat import ChatHandler
 from worker.embed import EmbeddingHandler
 from worker.handler import Handler
 from worker.models import ModelManager
 from worker.reclaim import HEARTBEAT_TTL_BEATS, Reclaimer
 from worker.rerank import RerankHandler
+from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport, default_worker_id
 
 log = logging.getLogger(__name__)
 
-RESCAN_EVERY_S = 30.0
 IDLE_BLOCK_MS = 1000
 DRAIN_LIMIT_S = 30.0
 
@@ -39,17 +41,20 @@ class Worker:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.models = ModelManager(settings)
+        self.scheduler = Scheduler(settings, self.models)
         handler_types: list[type[Handler]] = [EmbeddingHandler, RerankHandler, ChatHandler]
         self.transport = WorkerTransport(redis, settings.worker_id or default_worker_id(),
                                          [h.model_type for h in handler_types], settings.result_ttl_s)
-        self.handlers = [h(settings, self.models, self.transport) for h in handler_types]
+        self.handlers = [h(settings, self.models, self.scheduler, self.transport) for h in handler_types]
         admits = {stream: partial(self._admit, h) for h in self.handlers  # both lanes: interactive and batch
                   for stream in (keys.job_stream(str(h.model_type)), keys.batch_stream(str(h.model_type)))}
         self.reclaimer = Reclaimer(redis, self.transport, admits, settings.max_deliveries)
+        self.admin = AdminCommands(redis, self.scheduler, settings.pinned_model_ids)
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
         self.models.rescan()
+        self.scheduler.refresh()
         await self.transport.setup()
         log.info("worker %s serving %d models from %s", self.transport.worker_id,
                  len(self.models.catalog.models), self.settings.models_dir)
@@ -59,6 +64,7 @@ class Worker:
         readers = [asyncio.create_task(self._consume(h)) for h in self.handlers]
         heartbeat = asyncio.create_task(self._heartbeat())
         readers.append(asyncio.create_task(self._reclaim()))
+        serving.append(asyncio.create_task(self.scheduler.run()))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *serving, *readers, heartbeat], return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in done if t is not stop and not t.cancelled() and t.exception() is not None]
@@ -68,6 +74,7 @@ class Worker:
         if not crashed:
             await self._drain()
         await _cancel([*serving, heartbeat])
+        await self.scheduler.close()
         await self.transport.deregister()
         if crashed:
             raise SystemExit(1)
@@ -115,20 +122,23 @@ class Worker:
 
     async def _beat(self) -> None:
         """Publish the catalog and gauges, with an expiry of a few beats."""
-        stats = {k: v for h in self.handlers for k, v in h.stats().items()}
-        stats.update(reclaimed=self.reclaimer.reclaimed, dead_lettered=self.reclaimer.dead_lettered)
+        stats: dict[str, float] = {k: v for h in self.handlers for k, v in h.stats().items()}
+        stats.update(self.scheduler.stats(), reclaimed=self.reclaimer.reclaimed,
+                     dead_lettered=self.reclaimer.dead_lettered)
         await self.transport.register(self.models.catalog, [h.model_type for h in self.handlers],
                                       ttl_s=self.settings.worker_heartbeat_s * HEARTBEAT_TTL_BEATS, stats=stats,
-                                      states=self.models.states())
+                                      states=self.scheduler.states())
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
         last_scan = loop.time()
         while True:
-            if loop.time() - last_scan > RESCAN_EVERY_S:
+            if loop.time() - last_scan > self.settings.models_rescan_s:
                 self.models.rescan()
+                self.scheduler.refresh()
                 last_scan = loop.time()
             try:
+                await self.admin.apply()
                 await self._beat()
             except (RedisError, OSError):
                 log.warning("heartbeat failed", exc_info=True)
@@ -155,5 +165,5 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings)
     asyncio.run(serve(settings))

@@ -1,15 +1,14 @@
-"""Loaded engines, at most `LLM_MODEL_CACHE_SIZE` per model type, least recently used evicted.
+"""The catalog of discovered models, their cheap preprocessors, and how to build each one's engine.
 
-The scheduler issue replaces this with a policy driven by queue pressure; until then a request for
-a model that is not loaded loads it (evicting the least recently used one of its type).
+Which engines are resident is the scheduler's business (worker/scheduling.py); this module only
+knows the folders: `rescan`, `info` (checks id and type), `inputs` (tokenizer and limits, kept apart
+from the weights so jobs are admitted without loading a model), and `make_engine`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from common.discovery import Catalog, ModelInfo, ModelType, scan_models
 from common.errors import EngineFailure, InvalidRequest, ModelNotFound, ServiceError
 from common.settings import Settings
 from worker.engines.base import Engine
+from worker.scheduler.planner import Placement
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +34,23 @@ def engine_class(model_type: ModelType) -> type[Engine]:
     raise InvalidRequest(f"this worker cannot serve {model_type} models yet", code="unsupported_model")
 
 
-def make_engine(info: ModelInfo, settings: Settings) -> Engine:
+def make_engine(info: ModelInfo, settings: Settings, placement: Placement | None = None) -> Engine:
     """The engine for a model. Chat: vLLM or transformers, by the folder's `chat_engine` option or
     LLM_CHAT_ENGINE (auto: vLLM when importable and it knows the architecture). Blocking: imports."""
     if info.type is ModelType.EMBEDDING and info.options.get("engine") == "noop":  # benchmarks: bench/dispatch.py
         from worker.engines.noop import NoopEngine
 
-        return NoopEngine(info, settings)
+        return NoopEngine(info, settings, placement)
     if info.type is not ModelType.CHAT:
-        return engine_class(info.type)(info, settings)
+        return engine_class(info.type)(info, settings, placement)
     from worker.engines.vllm_chat import VllmChatEngine, vllm_supports
 
     choice = str(info.options.get("chat_engine", settings.chat_engine))
     if choice == "vllm" or (choice == "auto" and vllm_supports(info.architecture)):
-        return VllmChatEngine(info, settings)
+        return VllmChatEngine(info, settings, placement)
     from worker.engines.hf_chat import TransformersChatEngine
 
-    return TransformersChatEngine(info, settings)
+    return TransformersChatEngine(info, settings, placement)
 
 
 def inputs_class(model_type: ModelType, options: dict[str, Any] | None = None) -> Callable[[Path, Settings], Any]:
@@ -78,12 +78,8 @@ class ModelManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog: Catalog = Catalog({}, [])
-        self._loaded: dict[ModelType, OrderedDict[str, Engine]] = {t: OrderedDict() for t in ModelType}
         self._inputs: dict[str, Any] = {}
-        self.failed: dict[str, str] = {}  # model id -> why its last load failed
-        self._lock = asyncio.Lock()
         self._inputs_lock = asyncio.Lock()
-        self.loads = 0
 
     def rescan(self) -> Catalog:
         self.catalog = scan_models(self.settings.models_dir, self.settings.load_policy)
@@ -99,16 +95,6 @@ class ModelManager:
             raise InvalidRequest(f"model '{model_id}' is a {info.type} model, not {model_type}",
                                  param="model", code="wrong_model_type")
         return info
-
-    def states(self) -> dict[str, dict[str, str]]:
-        """Per model this worker has touched: loaded, or failed with the error (for /v1/models)."""
-        out = {m: {"state": "failed", "error": e} for m, e in self.failed.items()}
-        for cache in self._loaded.values():
-            out.update({m: {"state": "loaded"} for m in cache})
-        return out
-
-    def loaded(self, model_type: ModelType) -> list[Engine]:
-        return list(self._loaded[model_type].values())
 
     async def inputs(self, model_id: str, model_type: ModelType) -> Any:
         """The model's preprocessor (tokenizer, limits), kept apart from its weights."""
@@ -127,31 +113,3 @@ class ModelManager:
                                         code="model_load_failed") from exc
                 self._inputs[key] = prep
         return prep
-
-    async def get(self, model_id: str, model_type: ModelType) -> Engine:
-        """The loaded engine for a model, loading it (and evicting LRU of its type) when needed."""
-        async with self._lock:
-            cache = self._loaded[model_type]
-            if model_id in cache:
-                cache.move_to_end(model_id)
-                return cache[model_id]
-            info = self.info(model_id, model_type)
-            while len(cache) >= self.settings.model_cache_size:
-                old_id, old = cache.popitem(last=False)
-                log.info("unloading %s", old_id)
-                await asyncio.to_thread(old.unload)
-            started = time.perf_counter()
-            try:
-                engine = await asyncio.to_thread(make_engine, info, self.settings)
-                await asyncio.to_thread(engine.load)
-            except ServiceError as exc:
-                self.failed[model_id] = exc.message
-                raise
-            except Exception as exc:  # a model folder that fails to load answers its jobs, no crash
-                self.failed[model_id] = f"{type(exc).__name__}: {exc}"
-                raise EngineFailure(f"model '{model_id}' failed to load: {exc}", code="model_load_failed") from exc
-            self.failed.pop(model_id, None)
-            self.loads += 1
-            log.info("loaded %s in %.2f s", model_id, time.perf_counter() - started)
-            cache[model_id] = engine
-            return engine

@@ -13,6 +13,7 @@ from worker.batcher import BatchQueue, Item, Pending
 from worker.engines.base import Engine
 from worker.engines.rerank import RerankEngine, RerankInputs
 from worker.models import ModelManager
+from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 # Jobs admitted at once: a rerank job may carry up to LLM_RERANK_MAX_DOCUMENTS pairs.
@@ -27,9 +28,10 @@ class RerankPending(Pending):
 class RerankHandler(BatchedHandler):
     model_type = ModelType.RERANKER
 
-    def __init__(self, settings: Settings, models: ModelManager, transport: WorkerTransport) -> None:
+    def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
+                 transport: WorkerTransport) -> None:
         queue = BatchQueue(settings.rerank_batch_tokens, settings.rerank_max_batch_size)
-        super().__init__(settings, models, transport, queue, max_waiting=MAX_WAITING_JOBS)
+        super().__init__(settings, models, scheduler, transport, queue, max_waiting=MAX_WAITING_JOBS)
 
     async def prepare(self, delivery: Delivery) -> Pending:
         job = delivery.job

@@ -14,12 +14,15 @@ router = APIRouter(tags=["models"])
 OWNER = "llm-interface"
 
 
-def model_card(info: ModelInfo, state: dict[str, str] | None = None) -> dict[str, Any]:
-    """OpenAI's model object, plus what a local user wants to know (state: available, loaded, failed)."""
+def model_card(info: ModelInfo, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAI's model object, plus what a local user wants to know: type, state (available, loading,
+    loaded, parked, unloading, failed) and its error, placement, pinned, jobs waiting and running."""
     state = state or {"state": "available"}
     return {"id": info.id, "object": "model", "created": 0, "owned_by": OWNER, "type": str(info.type),
             "size_bytes": info.size_bytes, "dtype": info.dtype, "architecture": info.architecture,
-            "max_length": info.max_length, "state": state["state"], "error": state.get("error")}
+            "max_length": info.max_length, "state": state["state"], "error": state.get("error"),
+            "placement": state.get("placement"), "pinned": bool(state.get("pinned", False)),
+            "waiting_jobs": int(state.get("waiting", 0)), "running_jobs": int(state.get("running", 0))}
 
 
 @router.get("/v1/models")

@@ -14,7 +14,18 @@ import torch
 from common.discovery import ModelType
 from common.errors import InvalidRequest
 from common.settings import Settings
-from worker.engines.base import Engine, free_memory, pick_device, pick_dtype, smallest_limit
+from worker.engines.base import (
+    Engine,
+    can_park,
+    compile_layers,
+    drop_model,
+    from_pretrained,
+    park_module,
+    pick_device,
+    pick_dtype,
+    smallest_limit,
+    wake_module,
+)
 from worker.engines.pooling import pool, read_spec
 
 # Characters kept of a text input before tokenising: far more than any model's window needs,
@@ -89,23 +100,39 @@ class EmbeddingEngine(Engine):
 
         self.inputs = EmbeddingInputs(Path(self.info.path), self.settings)
         self.device = pick_device(self.settings)
-        self.model = AutoModel.from_pretrained(
-            self.inputs.spec.transformer_dir, dtype=pick_dtype(self.device, self.info.dtype),
-            local_files_only=True, trust_remote_code=self.settings.trust_remote_code,
-        ).to(self.device).eval()
+        self.model = from_pretrained(
+            AutoModel.from_pretrained, self.device, self.placement, pretrained_model_name_or_path=str(
+                self.inputs.spec.transformer_dir), dtype=pick_dtype(self.device, self.info.dtype),
+            local_files_only=True, trust_remote_code=self.settings.trust_remote_code)
         # Decoders would otherwise fill a KV cache nobody reads (every layer's keys and values copied).
         takes_cache = "use_cache" in inspect.signature(self.model.forward).parameters
         self.forward_kwargs: dict[str, Any] = {"use_cache": False} if takes_cache else {}
+        # Causal attention: right padding never reaches a real token, so the forward pass needs no mask
+        # (and attention then runs its fastest kernel); pooling still uses it.
+        attention = [m for m in self.model.modules() if hasattr(m, "is_causal")]
+        self.causal = bool(attention) and all(bool(m.is_causal) for m in attention)
+        if self.settings.embedding_compile and self.device == "cuda":
+            compile_layers(self.model)  # ~2.5x tokens/s on an H100; each model's first batches compile
 
     def unload(self) -> None:
-        del self.model
-        free_memory(self.device)
+        drop_model(self, self.device)
+
+    def park(self) -> bool:
+        if not can_park(self.device, self.placement):
+            return False
+        park_module(self.model, self.device)
+        return True
+
+    def wake(self) -> None:
+        wake_module(self.model, self.device)
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> np.ndarray:
         """Pooled (and normalised when the model says so) float32 vectors, one row per sequence."""
         ids, mask = pad_batch(batch, self.inputs.pad_id, self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask, **self.forward_kwargs).last_hidden_state
+        unmasked = self.causal or min(map(len, batch)) == max(map(len, batch))  # nothing a mask would hide
+        hidden = self.model(input_ids=ids, attention_mask=None if unmasked else mask,
+                            **self.forward_kwargs).last_hidden_state
         spec = self.inputs.spec
         vectors = pool(hidden, mask, spec.modes).float()
         if spec.normalize:

@@ -7,7 +7,6 @@ It honours max_tokens, temperature, top_p, stop, seed; anything else gets a 400 
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from common.errors import InvalidRequest
-from worker.engines.base import pick_device
+from worker.engines.base import can_park, drop_model, from_pretrained, park_module, pick_device, wake_module
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams
 
 
@@ -53,17 +52,23 @@ class TransformersChatEngine(ChatEngine):
         self.device = pick_device(self.settings)
         dtype = torch.float32 if self.device == "cpu" else "auto"
         self.tokenizer = AutoTokenizer.from_pretrained(self.info.path, local_files_only=True)
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        self.model = from_pretrained(
+            AutoModelForCausalLM.from_pretrained, self.device, self.placement, pretrained_model_name_or_path=
             self.info.path, dtype=dtype, local_files_only=True, trust_remote_code=self.settings.trust_remote_code)
-        self.model = model.to(self.device).eval()
         self._lock = asyncio.Lock()
         self._running = 0
 
     def unload(self) -> None:
-        del self.model
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
+        drop_model(self, self.device)
+
+    def park(self) -> bool:
+        if not can_park(self.device, self.placement):
+            return False
+        park_module(self.model, self.device)
+        return True
+
+    def wake(self) -> None:
+        wake_module(self.model, self.device)
 
     def running(self) -> int:
         return self._running

@@ -62,5 +62,11 @@ class NoopEngine(EmbeddingEngine):
     def unload(self) -> None:
         pass
 
+    def park(self) -> bool:
+        return True
+
+    def wake(self) -> None:
+        pass
+
     def embed(self, batch: list[list[int]]) -> np.ndarray:
         return np.tile(self.vector, (len(batch), 1))

@@ -28,7 +28,18 @@ import torch
 from common.discovery import CAUSAL_LM_SUFFIXES, OVERRIDE_FILE, ModelType
 from common.errors import InvalidRequest
 from common.settings import Settings
-from worker.engines.base import Engine, free_memory, pick_device, pick_dtype, right_pad, smallest_limit
+from worker.engines.base import (
+    Engine,
+    can_park,
+    drop_model,
+    from_pretrained,
+    park_module,
+    pick_device,
+    pick_dtype,
+    right_pad,
+    smallest_limit,
+    wake_module,
+)
 from worker.engines.embedding import CHARS_PER_TOKEN_CAP
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -215,22 +226,22 @@ class RerankEngine(Engine):
     def load(self) -> None:
         self.inputs = RerankInputs(Path(self.info.path), self.settings)
         self.device = pick_device(self.settings)
-        kwargs: dict[str, Any] = {"dtype": pick_dtype(self.device, self.info.dtype), "local_files_only": True,
-                                  "trust_remote_code": False}
+        kwargs: dict[str, Any] = {"pretrained_model_name_or_path": self.info.path, "local_files_only": True,
+                                  "dtype": pick_dtype(self.device, self.info.dtype), "trust_remote_code": False}
         if self.inputs.causal:
             self._load_yes_no(kwargs)
         else:
             from transformers import AutoModelForSequenceClassification
 
-            self.model = AutoModelForSequenceClassification.from_pretrained(self.info.path, **kwargs)
+            self.model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, self.device,
+                                         self.placement, **kwargs)
             self.label = _label_index(self.model.config, self.inputs.options.get("label"))
             self.activation = _activation(self.model.config)
-        self.model = self.model.to(self.device).eval()
 
     def _load_yes_no(self, kwargs: dict[str, Any]) -> None:
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(self.info.path, **kwargs)
+        self.model = from_pretrained(AutoModelForCausalLM.from_pretrained, self.device, self.placement, **kwargs)
         tokenizer = self.inputs.tokenizer
         ids = [tokenizer.convert_tokens_to_ids(t) for t in ("no", "yes")]
         if any(i is None or i == tokenizer.unk_token_id for i in ids):
@@ -241,8 +252,22 @@ class RerankEngine(Engine):
         self.yes_no_bias = None if bias is None else bias[ids].detach().to(self.device)
 
     def unload(self) -> None:
-        del self.model
-        free_memory(self.device)
+        drop_model(self, self.device)
+
+    def park(self) -> bool:
+        if not can_park(self.device, self.placement):
+            return False
+        park_module(self.model, self.device)
+        if self.inputs.causal:
+            self.yes_no_weight = self.yes_no_weight.cpu()
+            self.yes_no_bias = None if self.yes_no_bias is None else self.yes_no_bias.cpu()
+        return True
+
+    def wake(self) -> None:
+        wake_module(self.model, self.device)
+        if self.inputs.causal:
+            self.yes_no_weight = self.yes_no_weight.to(self.device)
+            self.yes_no_bias = None if self.yes_no_bias is None else self.yes_no_bias.to(self.device)
 
     @torch.inference_mode()
     def score(self, batch: list[tuple[list[int], int]]) -> np.ndarray:

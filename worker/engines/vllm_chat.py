@@ -42,6 +42,7 @@ class VllmChatEngine(ChatEngine):
             tensor_parallel_size=s.vllm_tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
             enforce_eager=s.vllm_enforce_eager, trust_remote_code=s.trust_remote_code, disable_log_stats=True,
             kv_cache_memory_bytes=int(kv_gb * 2**30) if kv_gb else None,
+            cpu_offload_gb=self.placement.cpu_offload_gb if self.placement is not None else 0.0,
             # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever.
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )

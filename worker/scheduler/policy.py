@@ -117,6 +117,21 @@ class Policy:
         self.pinned.discard(model_id)
         self._decide(now)
 
+    def drop(self, model_id: str, now: float) -> bool:
+        """Admin: unpin and unload a model now, resident or parked. False (nothing done) while jobs
+        wait for it or run on it, or when it holds no memory."""
+        self._guard()
+        self.pinned.discard(model_id)
+        state = self.states.state(model_id)
+        done = state is S.PARKED or (state is S.LOADED and not self.jobs.busy(model_id))
+        with self._acting():
+            if state is S.PARKED:
+                self._drop_parked(model_id, now, "admin unload")
+            elif done:
+                self._evict(model_id, now, "admin unload", park=False)
+        self._decide(now)
+        return done
+
     def tick(self, now: float) -> None:
         """Time passed: starvation limits, idle unloads, back-offs. See :meth:`next_deadline`."""
         self._guard()
@@ -319,7 +334,8 @@ class Policy:
 
     def _evict(self, model_id: str, now: float, reason: str, park: bool) -> None:
         placement = self._in_use[model_id]
-        park = park and placement.device == "cuda" and placement.weight_bytes <= self.config.cpu_cache_bytes
+        # Without a GPU a parked model keeps its engine in main memory: still no disk read to come back.
+        park = park and placement.weight_bytes <= self.config.cpu_cache_bytes
         self._draining.discard(model_id)
         self.states.move(model_id, S.UNLOADING, now, f"{reason}, parking" if park else reason)
         if park:
