@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 from api import stats
 from api.responses import JSONBytes
 from api.services import ServicesDep
+from common.discovery import ModelInfo
 from common.errors import Unavailable
 
 router = APIRouter(tags=["status"])
@@ -45,12 +47,22 @@ async def status(request: Request, services: ServicesDep) -> JSONBytes:
         return JSONBytes({"ready": False, "error": f"Redis is unreachable: {exc}", "throughput": throughput},
                          status_code=503)
     now_ms = time.time() * 1000
-    # Placement and memory are published once the worker's scheduler reports them; until then a model
-    # served by a live worker is "available" (loaded on its first request).
-    models = [{"id": m.id, "type": str(m.type), "size_bytes": m.size_bytes, "dtype": m.dtype,
-               "architecture": m.architecture, "max_length": m.max_length, "state": "available",
-               "placement": None, "memory_bytes": None} for m in snap.models.values()]
+    models = [_model_row(m, snap.states.get(m.id) or {}) for m in snap.models.values()]
     workers = [{"id": w["id"], "types": w["types"], "last_seen_s": round(max(0.0, now_ms - w["ts_ms"]) / 1000, 1),
                 "stats": w.get("stats") or {}} for w in snap.workers]
     return JSONBytes({"ready": True, "models": models, "queues": queues, "workers": workers,
                       "problems": snap.problems, "throughput": throughput})
+
+
+def _model_row(info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
+    """One model as the workers' schedulers report it: state, where it lives and the GPU memory it holds."""
+    placement = state.get("placement") or {}
+    where = placement.get("device")
+    if where and placement.get("cpu_offload_bytes"):
+        where = f"{where} + {placement['cpu_offload_bytes'] / 2**30:.1f} GiB offloaded"
+    resident = state.get("state") in ("loading", "loaded", "unloading")
+    return {"id": info.id, "type": str(info.type), "size_bytes": info.size_bytes, "dtype": info.dtype,
+            "architecture": info.architecture, "max_length": info.max_length,
+            "state": state.get("state", "available"), "error": state.get("error"), "placement": where,
+            "memory_bytes": placement.get("gpu_bytes") or placement.get("weight_bytes") if resident else None,
+            "pinned": bool(state.get("pinned")), "waiting_jobs": int(state.get("waiting", 0))}

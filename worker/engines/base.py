@@ -42,6 +42,22 @@ class Engine(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot park")
 
 
+class ParksModule(Engine):
+    """`park`/`wake` for engines whose weights are one torch module, `self.model`, on `self.device`."""
+
+    model: Any  # a transformers model (typed loosely: its methods are the model class's own)
+    device: str
+
+    def park(self) -> bool:
+        if not can_park(self.device, self.placement):
+            return False
+        park_module(self.model, self.device)
+        return True
+
+    def wake(self) -> None:
+        wake_module(self.model, self.device)
+
+
 def from_pretrained(load: Callable[..., Any], device: str, placement: Placement | None, **kwargs: Any) -> Any:
     """`load(**kwargs)` (a transformers `from_pretrained`) on `device`; a placement that offloads part of
     the weights is split between the GPU and CPU memory by its `max_memory` (needs accelerate)."""

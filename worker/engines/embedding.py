@@ -15,16 +15,13 @@ from common.discovery import ModelType
 from common.errors import InvalidRequest
 from common.settings import Settings
 from worker.engines.base import (
-    Engine,
-    can_park,
+    ParksModule,
     compile_layers,
     drop_model,
     from_pretrained,
-    park_module,
     pick_device,
     pick_dtype,
     smallest_limit,
-    wake_module,
 )
 from worker.engines.pooling import pool, read_spec
 
@@ -92,7 +89,7 @@ class EmbeddingInputs:
                 f"dimensions={dimensions} is larger than the model's {self.dimension}", param="dimensions")
 
 
-class EmbeddingEngine(Engine):
+class EmbeddingEngine(ParksModule):
     model_type = ModelType.EMBEDDING
 
     def load(self) -> None:
@@ -116,15 +113,6 @@ class EmbeddingEngine(Engine):
 
     def unload(self) -> None:
         drop_model(self, self.device)
-
-    def park(self) -> bool:
-        if not can_park(self.device, self.placement):
-            return False
-        park_module(self.model, self.device)
-        return True
-
-    def wake(self) -> None:
-        wake_module(self.model, self.device)
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from common.errors import InvalidRequest
-from worker.engines.base import can_park, drop_model, from_pretrained, park_module, pick_device, wake_module
+from worker.engines.base import ParksModule, drop_model, from_pretrained, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams
 
 
@@ -45,7 +45,7 @@ class _Cancel:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-class TransformersChatEngine(ChatEngine):
+class TransformersChatEngine(ParksModule, ChatEngine):
     def load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,15 +60,6 @@ class TransformersChatEngine(ChatEngine):
 
     def unload(self) -> None:
         drop_model(self, self.device)
-
-    def park(self) -> bool:
-        if not can_park(self.device, self.placement):
-            return False
-        park_module(self.model, self.device)
-        return True
-
-    def wake(self) -> None:
-        wake_module(self.model, self.device)
 
     def running(self) -> int:
         return self._running

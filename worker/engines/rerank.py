@@ -29,16 +29,13 @@ from common.discovery import CAUSAL_LM_SUFFIXES, OVERRIDE_FILE, ModelType
 from common.errors import InvalidRequest
 from common.settings import Settings
 from worker.engines.base import (
-    Engine,
-    can_park,
+    ParksModule,
     drop_model,
     from_pretrained,
-    park_module,
     pick_device,
     pick_dtype,
     right_pad,
     smallest_limit,
-    wake_module,
 )
 from worker.engines.embedding import CHARS_PER_TOKEN_CAP
 
@@ -220,7 +217,7 @@ def _label_index(config: Any, option: Any) -> int:
     return index
 
 
-class RerankEngine(Engine):
+class RerankEngine(ParksModule):
     model_type = ModelType.RERANKER
 
     def load(self) -> None:
@@ -255,16 +252,15 @@ class RerankEngine(Engine):
         drop_model(self, self.device)
 
     def park(self) -> bool:
-        if not can_park(self.device, self.placement):
+        if not super().park():
             return False
-        park_module(self.model, self.device)
         if self.inputs.causal:
             self.yes_no_weight = self.yes_no_weight.cpu()
             self.yes_no_bias = None if self.yes_no_bias is None else self.yes_no_bias.cpu()
         return True
 
     def wake(self) -> None:
-        wake_module(self.model, self.device)
+        super().wake()
         if self.inputs.causal:
             self.yes_no_weight = self.yes_no_weight.to(self.device)
             self.yes_no_bias = None if self.yes_no_bias is None else self.yes_no_bias.to(self.device)
