@@ -186,11 +186,11 @@ class Scheduler:
     async def _load(self, model_id: str, placement: Placement) -> None:
         started = time.perf_counter()
         engine = self._parked.pop(model_id, None)
+        if engine is not None:
+            engine = await self._wake(model_id, engine)
         warm = engine is not None
         try:
-            if engine is not None:
-                await asyncio.to_thread(engine.wake)  # a copy from CPU memory, not a disk read
-            else:
+            if engine is None:
                 info = self.models.catalog.models[model_id]
                 engine = await asyncio.to_thread(make_engine, info, self.settings, placement)
                 await asyncio.to_thread(engine.load)
@@ -214,9 +214,20 @@ class Scheduler:
         self.engines[model_id] = engine
         self.policy.loaded(model_id, time.time())
 
+    async def _wake(self, model_id: str, engine: Engine) -> Engine | None:
+        """The parked engine back in service (a copy, not a disk read); None when that failed (then
+        its copy is freed and the caller loads the model from disk)."""
+        try:
+            await engine.wake_async()
+            return engine
+        except Exception:
+            log.exception("waking %s from its parked copy failed; loading it from disk", model_id)
+            await asyncio.to_thread(_quietly_unload, engine)
+            return None
+
     async def _park(self, model_id: str, engine: Engine) -> None:
         try:
-            parked = await asyncio.to_thread(engine.park)
+            parked = await engine.park_async()
         except Exception:
             log.exception("parking %s failed; unloading it", model_id)
             parked = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -40,6 +41,13 @@ class Engine(ABC):
     def wake(self) -> None:
         """Back to serving from the parked copy: a copy, not a disk read."""
         raise NotImplementedError(f"{type(self).__name__} cannot park")
+
+    async def park_async(self) -> bool:
+        """`park` off the event loop (engines whose own API is async, like vLLM's, override these two)."""
+        return await asyncio.to_thread(self.park)
+
+    async def wake_async(self) -> None:
+        await asyncio.to_thread(self.wake)
 
 
 class ParksModule(Engine):

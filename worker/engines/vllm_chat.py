@@ -43,15 +43,35 @@ class VllmChatEngine(ChatEngine):
             enforce_eager=s.vllm_enforce_eager, trust_remote_code=s.trust_remote_code, disable_log_stats=True,
             kv_cache_memory_bytes=int(kv_gb * 2**30) if kv_gb else None,
             cpu_offload_gb=self.placement.cpu_offload_gb if self.placement is not None else 0.0,
+            enable_sleep_mode=self._can_sleep(),
             # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever.
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
+
+    def _can_sleep(self) -> bool:
+        """Parking is vLLM's sleep mode (level 1: weights to CPU memory, KV cache dropped): CUDA only, and
+        not with weights already offloaded."""
+        from vllm.platforms import current_platform
+
+        offloaded = self.placement is not None and self.placement.offloaded
+        return pick_device(self.settings) == "cuda" and current_platform.is_sleep_mode_available() and not offloaded
+
+    async def park_async(self) -> bool:
+        if not self.sleeps:
+            return False
+        await self.engine.sleep(level=1)
+        return True
+
+    async def wake_async(self) -> None:
+        await self.engine.wake_up()
 
     def load(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        self.engine = AsyncLLM.from_engine_args(self._engine_args())
+        args = self._engine_args()
+        self.sleeps = bool(args.enable_sleep_mode)
+        self.engine = AsyncLLM.from_engine_args(args)
 
     def unload(self) -> None:
         self.engine.shutdown()
