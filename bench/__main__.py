@@ -6,6 +6,7 @@
     python -m bench rerank        # the stack vs CrossEncoder.predict
     python -m bench batch         # the Batch API vs interactive requests, latency under a batch
     python -m bench switching     # model switch time vs a raw load; loads per 100 interleaved requests
+    python -m bench recovery      # a worker SIGKILLed under 32 clients: time to reclaimed answers, failures
     python -m bench gpu           # the GPU script: engines in-process on CUDA (--smoke: tiny shapes, CPU)
     python -m bench all --smoke   # every one in turn (each in its own process); CI runs this mode
 
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "switching", "gpu")
+BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "switching", "recovery", "gpu")
 
 
 def cuda_available() -> bool:
