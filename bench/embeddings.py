@@ -109,7 +109,7 @@ def st_tokens(model: Any, texts: list[str]) -> int:
     return int(tokenize(texts)["attention_mask"].sum())
 
 
-def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
+def measure(plan: Plan, models: Path, workdir: Path, batch_tokens: int | None = None) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     host = machine()
@@ -118,7 +118,10 @@ def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
     tokens = st_tokens(st, texts)
     redis = RedisServer(workdir / "redis")
     redis.start()
-    stack = Stack(redis.url, models, workdir / "logs", env_extra={"LLM_LOG_LEVEL": "WARNING"})
+    env = {"LLM_LOG_LEVEL": "WARNING"}
+    if batch_tokens:
+        env["LLM_EMBEDDING_BATCH_TOKENS"] = str(batch_tokens)
+    stack = Stack(redis.url, models, workdir / "logs", env_extra=env)
     st_s: list[float] = []
     stack_s: dict[str, list[float]] = {name: [] for name, _, _ in PATTERNS}
     stack_tokens: dict[str, int] = {}
@@ -143,7 +146,9 @@ def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
     finally:
         stack.stop()
         redis.stop()
-    return report(plan, host, texts, tokens, st_s, stack_s, stack_tokens, cosine)
+    result = report(plan, host, texts, tokens, st_s, stack_s, stack_tokens, cosine)
+    result["embedding_batch_tokens"] = batch_tokens or "the service's default"
+    return result
 
 
 def report(plan: Plan, host: dict[str, Any], texts: list[str], tokens: int, st_s: list[float],
@@ -172,7 +177,8 @@ def print_table(result: dict[str, Any]) -> None:
     host = result["machine"]
     print(f"model: {result['plan']['model']}; {result['texts']} texts ({result['words_per_text']['min']}-"
           f"{result['words_per_text']['max']} words, {result['tokens']} tokens); best of {result['plan']['repeats']}; "
-          f"{host['cores']} cores, load {host['load_avg_at_start']}")
+          f"{host['cores']} cores, load {host['load_avg_at_start']}; stack batch tokens: "
+          f"{result['embedding_batch_tokens']}")
     print(f"{'path':<48}{'texts/s':>10}{'tokens/s':>11}{'ratio':>8}  per repeat")
     for r in result["rows"]:
         paired = " ".join(f"{x:.2f}" for x in r.get("paired_ratios", []))
@@ -209,6 +215,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny model, 40 texts")
     parser.add_argument("--repeats", type=int, help="repeats (the fastest of each path is reported)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/embeddings[-smoke].json)")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="the stack's LLM_EMBEDDING_BATCH_TOKENS (default: the service's own default)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if args.repeats:
@@ -217,7 +225,7 @@ def main() -> None:
         workdir = Path(tmp)
         folder = workdir / "models" / plan.model
         (make_qwen3_embedding if args.smoke else copy_minilm)(folder)
-        result = measure(plan, folder.parent, workdir)
+        result = measure(plan, folder.parent, workdir, args.batch_tokens)
     result["smoke"] = args.smoke
     print_table(result)
     out = output_path("embeddings", args.smoke, args.out)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from common.settings import Settings
@@ -23,6 +24,12 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from `extra=` and goes into JSON lines.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "request_id", "request_tag", "taskName", "color_message"}  # uvicorn's ANSI copy
+
+
+@lru_cache(maxsize=4)
+def _standard(factory: Callable[..., logging.LogRecord]) -> frozenset[str]:
+    """_STANDARD plus what the current record factory adds to every record (vLLM installs one)."""
+    return _STANDARD | frozenset(factory("", 0, "", 0, "", None, None).__dict__)
 
 
 @contextmanager
@@ -67,7 +74,8 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             line["request_id"] = request_id
-        line.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_"))
+        standard = _standard(logging.getLogRecordFactory())
+        line.update((k, v) for k, v in record.__dict__.items() if k not in standard and not k.startswith("_"))
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     chat_max_n: int = Field(16, ge=1, description="Largest `n` (choices per request).")
 
     # --- embeddings ---
-    embedding_batch_tokens: int = Field(16384, ge=64, description="Padded tokens per micro-batch.")
+    embedding_batch_tokens: int | None = Field(
+        None, ge=64, description="Padded tokens per micro-batch; default 4096 on CPU, 65536 on a GPU.")
     embedding_compile: bool = Field(False, description="torch.compile each layer of embedding models on CUDA.")
     embedding_max_batch_size: int = Field(256, ge=1)
     embedding_truncate: bool = Field(True, description="Truncate over-long inputs (else 400).")

@@ -175,9 +175,8 @@ class BatchedHandler(Handler):
                      else EngineFailure(f"{self.model_type} failed: {exc}"))
             await self._fail({it.pending for it in live}, error)
             return
-        for item, result in zip(live, results, strict=True):
-            if item.pending.fill(item.index, result):
-                await self._finish(item.pending)
+        done = [it.pending for it, result in zip(live, results, strict=True) if it.pending.fill(it.index, result)]
+        await asyncio.gather(*(self._finish(p) for p in done))  # their answers share one Redis round trip
 
     def _compute(self, engine: Engine, items: list[Item]) -> list[Any]:
         limit = self.settings.debug_oom_tokens  # fault injection for the out-of-memory drill

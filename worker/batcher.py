@@ -1,10 +1,11 @@
 """The micro-batching queue: one owner of the waiting sequences, batched by a token budget.
 
 Jobs are admitted already tokenised. `next_round` takes every waiting sequence of the model whose
-job has waited longest, sorts them by length (little padding) and cuts them into batches whose
-padded size (longest x count) stays within the token budget. Everything present when a round starts
-is served in that round, so no sequence waits behind more than one round. A sequence longer than
-the budget on its own still gets a batch of one: nothing is ever dropped or left to hang.
+job has waited longest, sorts them by length and cuts them into batches whose padded size (longest x
+count) stays within the token budget and within `MAX_PADDING` times their real tokens. Everything
+present when a round starts is served in that round, so no sequence waits behind more than one round.
+A sequence longer than the budget on its own still gets a batch of one: nothing is ever dropped or left
+to hang.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.protocol import Job
+
+# Padded tokens allowed per real token in a batch: past it a batch is cut, since on a CPU a padded token
+# costs as much as a real one (length-sorted batches still pad a lot where lengths jump).
+MAX_PADDING = 1.2
 
 
 @dataclass(eq=False)
@@ -52,17 +57,22 @@ class Item:
         return self.pending.seqs[self.index]
 
 
-def plan_batches(lengths: list[int], budget_tokens: int, max_items: int) -> list[list[int]]:
-    """Indices grouped into batches, by ascending length, padded size within the budget."""
+def plan_batches(lengths: list[int], budget_tokens: int, max_items: int,
+                 max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices grouped into batches, by ascending length: a batch is cut before its padded size (longest x
+    count) would pass the budget, or `max_padding` times its real tokens (boundaries between length groups)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for i in order:
         width = max(lengths[i], 1)
-        if current and (width * (len(current) + 1) > budget_tokens or len(current) >= max_items):
+        padded = width * (len(current) + 1)
+        if current and (padded > budget_tokens or len(current) >= max_items or padded > max_padding * (real + width)):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(i)
+        real += width
     if current:
         batches.append(current)
     return batches

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgpack
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 # to leave the rest in Redis for other workers and to keep a restart's redo small.
 BATCH_JOBS_HELD = {str(ModelType.CHAT): 32}
 DEFAULT_BATCH_JOBS_HELD = 2
+EXPIRES_KEPT = 10_000  # result streams whose expiry time is remembered (older ones just get EXPIRE again)
 BATCH_POLL_MS = 50  # while the batch share is full: how often to look whether it has room again
 
 
@@ -32,6 +36,25 @@ class Delivery:
     stream: str
     entry_id: str
     job: Job
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A message waiting in the outbox, and the future its caller awaits."""
+
+    delivery: Delivery
+    data: bytes
+    terminal: bool
+    future: asyncio.Future[None]
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def default_worker_id() -> str:
@@ -56,6 +79,11 @@ class WorkerTransport:
         self._cursor: dict[str, str] = dict.fromkeys(self.streams, "0")
         self._held: set[tuple[str, str]] = set()  # (stream, entry id) read and not yet acknowledged
         self.attempt = f"{worker_id}:{uuid.uuid4().hex[:12]}".encode()  # this run, on every reply
+        self._outbox: list[_Reply] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._writing = False  # a terminal reply is being written at once, outside the outbox
+        # Result stream -> when we last set its expiry: once per stream, refreshed while a long answer runs.
+        self._expires: dict[str, float] = {}
 
     async def setup(self) -> None:
         for stream in self.streams:
@@ -125,19 +153,71 @@ class WorkerTransport:
         await pipe.execute()
 
     async def reply(self, delivery: Delivery, message: Message) -> None:
-        """Write a message to the job's result stream; a terminal one also acknowledges the job."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(delivery.job.reply_to, {DATA_FIELD: message.encode(), ATTEMPT_FIELD: self.attempt},
-                  maxlen=keys.RESULT_STREAM_MAXLEN, approximate=True)
-        ttl_s = self.result_ttl_s
-        if keys.is_batch_stream(delivery.stream):  # a batch's collector may read it much later
-            ttl_s += max(0, (delivery.job.deadline_ms - now_ms()) // 1000)
-        pipe.expire(delivery.job.reply_to, ttl_s)
+        """Write a message to the job's result stream; a terminal one also acknowledges the job.
+        Returns once it is stored (or raises the write's error). Replies made in the same event-loop turn
+        (e.g. one engine step's deltas for many chat jobs) share one MULTI: one round trip for all of them."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reply = _Reply(delivery, message.encode(), message.terminal, future)
         if message.terminal:
             self._held.discard((delivery.stream, delivery.entry_id))
-            pipe.xack(delivery.stream, keys.WORKER_GROUP, delivery.entry_id)
-            pipe.xdel(delivery.stream, delivery.entry_id)
+        flushing = self._flusher is not None and not self._flusher.done()
+        if message.terminal and not (flushing or self._outbox or self._writing):
+            # One per job, often awaited one after another (a batch's results): write it now, no extra turn.
+            self._writing = True
+            try:
+                await self._write([reply])
+            finally:
+                self._writing = False
+            return
+        self._outbox.append(reply)
+        if not flushing:
+            self._flusher = asyncio.create_task(self._flush(), name="reply-flush")
+        await future
+
+    async def _flush(self) -> None:
+        """Write the outbox, one MULTI per batch; one batch at a time keeps every stream's messages in order."""
+        batch: list[_Reply] = []
+        try:
+            await asyncio.sleep(0)  # let the rest of this turn's replies join
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                error: Exception | None = None
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # handed to every caller of the batch
+                    error = exc
+                    for reply in batch:  # their expiry may not be set: set it with the next message
+                        self._expires.pop(reply.delivery.job.reply_to, None)
+                for reply in batch:
+                    _settle(reply.future, error)
+        except asyncio.CancelledError:  # shutting down: nobody will write these
+            for reply in batch + self._outbox:
+                reply.future.cancel()
+            raise
+
+    async def _write(self, batch: list[_Reply]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        now = time.monotonic()
+        for reply in batch:
+            delivery, stream = reply.delivery, reply.delivery.job.reply_to
+            pipe.xadd(stream, {DATA_FIELD: reply.data, ATTEMPT_FIELD: self.attempt},
+                      maxlen=keys.RESULT_STREAM_MAXLEN, approximate=True)
+            if reply.terminal:  # a full expiry after the last message; the job acknowledged in the same MULTI
+                self._expires.pop(stream, None)
+                pipe.expire(stream, self._ttl_s(delivery))
+                pipe.xack(delivery.stream, keys.WORKER_GROUP, delivery.entry_id)
+                pipe.xdel(delivery.stream, delivery.entry_id)
+            elif now - self._expires.get(stream, -math.inf) > self.result_ttl_s / 2:  # first, then now and then
+                pipe.expire(stream, self._ttl_s(delivery))
+                self._expires[stream] = now
+        if len(self._expires) > EXPIRES_KEPT:  # streams left without a terminal message (cancelled jobs)
+            self._expires = {s: t for s, t in self._expires.items() if now - t <= self.result_ttl_s / 2}
         await pipe.execute()
+
+    def _ttl_s(self, delivery: Delivery) -> int:
+        if keys.is_batch_stream(delivery.stream):  # a batch's collector may read it much later
+            return self.result_ttl_s + max(0, (delivery.job.deadline_ms - now_ms()) // 1000)
+        return self.result_ttl_s
 
     async def cancelled(self, request_ids: list[str]) -> dict[str, int]:
         """Which of these requests' callers have gone, and when (ms since the epoch)."""
@@ -147,7 +227,7 @@ class WorkerTransport:
         return {r: int(v) for r, v in zip(request_ids, values, strict=True) if v is not None}
 
     async def register(self, catalog: Catalog, types: list[ModelType], ttl_s: float,
-                       stats: dict[str, int] | None = None,
+                       stats: Mapping[str, float] | None = None,
                        states: dict[str, dict[str, str]] | None = None) -> None:
         """Heartbeat: publish this worker's model catalog and gauges, expiring unless refreshed."""
         record = {"id": self.worker_id, "types": [str(t) for t in types], "ts_ms": int(time.time() * 1000),
