@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+SLOW_MARKER = "SLOW-STREAM-MARKER"
 
 
 def free_port() -> int:
@@ -90,6 +91,7 @@ class Stack:
                     # vLLM on CPU: a small KV cache, no graph compilation, fp32 (equal to transformers)
                     "LLM_VLLM_KV_CACHE_GB": "0.0625", "LLM_VLLM_ENFORCE_EAGER": "true", "LLM_VLLM_DTYPE": "float32",
                     "LLM_DATA_DIR": str(self.logdir / "data"),  # batch files: never the repository's ./data
+                    "LLM_DEBUG_SLOW_ON": SLOW_MARKER,  # a chat job with this in its prompt streams slowly
                     **self.env_extra})
         return env
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.stack import Stack
+from tests.stack import SLOW_MARKER, Stack
 
 CHAT = "tiny-qwen3-chat"
 
@@ -58,9 +58,17 @@ def wait_for(check: Any, timeout_s: float) -> bool:
     return False
 
 
+def slow(messages: list[Any]) -> list[Any]:
+    """The same prompt, marked so that the worker streams it slowly (LLM_DEBUG_SLOW_ON in tests/stack.py):
+    the answer is still running when the test hangs up, however fast the machine."""
+    return [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} {SLOW_MARKER}"}]
+
+
 def test_disconnect_mid_stream_aborts_the_engine_request(stack: Stack) -> None:
     before = chat_stats(stack).get("chat_aborts", 0)
-    body = {"model": CHAT, "messages": prompt(1), "max_tokens": 400, "temperature": 0, "stream": True}
+    # the transformers engine: its deltas reach the worker's job one by one (vLLM merges those of a slow reader)
+    body = {"model": "tiny-qwen2-chat-hf", "messages": slow(prompt(1)), "max_tokens": 400, "temperature": 0,
+            "stream": True}
     with httpx.Client(base_url=stack.base_url, timeout=300) as http, http.stream("POST", "/v1/chat/completions",
                                                                                   json=body) as response:
         assert response.status_code == 200
@@ -71,7 +79,7 @@ def test_disconnect_mid_stream_aborts_the_engine_request(stack: Stack) -> None:
                 chunks.append(line)
             if len(chunks) == 3:
                 break
-        assert wait_for(lambda: chat_stats(stack).get("chat_sequences", 0) > 0, 10)
+        assert wait_for(lambda: chat_stats(stack).get("chat_jobs", 0) > 0, 10)
     # the connection is closed: the worker must abort the engine request
     assert wait_for(lambda: chat_stats(stack).get("chat_aborts", 0) > before, 10)
     # the job leaves the worker's books once its acknowledgement is written (a heartbeat may fall between)
@@ -81,7 +89,7 @@ def test_disconnect_mid_stream_aborts_the_engine_request(stack: Stack) -> None:
 
 
 def test_non_stream_disconnect_cancels_too(stack: Stack) -> None:
-    # the transformers engine, one sequence at a time: 4 x 480 tokens take far longer than the client waits
+    # the transformers engine, one sequence at a time, streamed slowly: far longer than the client waits
     warm = {"model": "tiny-qwen2-chat-hf", "messages": prompt(2), "max_tokens": 1}
     httpx.post(f"{stack.base_url}/v1/chat/completions", json=warm, timeout=300).raise_for_status()
     def gone() -> int:  # aborted mid-generation, or skipped because the caller left before it started
@@ -90,7 +98,7 @@ def test_non_stream_disconnect_cancels_too(stack: Stack) -> None:
 
     assert wait_for(lambda: chat_stats(stack).get("chat_jobs", 1) == 0, 30)
     before = gone()
-    body = {**warm, "max_tokens": 480, "n": 4, "temperature": 1.0}
+    body = {**warm, "messages": slow(prompt(2)), "max_tokens": 400, "n": 4, "temperature": 1.0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=1.0)
     assert wait_for(lambda: gone() > before, 20)

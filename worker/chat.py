@@ -28,6 +28,7 @@ from worker.transport import Delivery, WorkerTransport
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+SLOW_S = 0.02  # LLM_DEBUG_SLOW_ON: a job's deltas this far apart, so a test can leave mid-answer
 MAX_RUNNING_JOBS = 256
 
 
@@ -166,11 +167,14 @@ class ChatHandler(Handler):
     async def _stream(self, delivery: Delivery, engine: ChatEngine, sequences: list[Sequence]) -> int:
         """Stream every sequence's deltas, merged per wake-up; the completion tokens."""
         queue: asyncio.Queue[tuple[int, Delta | BaseException]] = asyncio.Queue()
+        slow = self.settings.debug_slow_on
+        pause = SLOW_S if slow and slow in repr(delivery.job.payload) else 0.0
 
         async def pump(seq: Sequence) -> None:
             try:
                 async for delta in engine.generate(f"{delivery.job.id}-{seq.index}", seq.prompt, seq.params):
                     queue.put_nowait((seq.index, delta))
+                    await asyncio.sleep(pause)
             except Exception as exc:
                 queue.put_nowait((seq.index, exc))
 
