@@ -30,7 +30,7 @@ MAX_POSITIONS = 32768
 # What the worker's engines read from `common.settings.Settings`, for machines without pydantic.
 _SETTINGS_DEFAULTS: dict[str, Any] = {
     "device": "auto", "trust_remote_code": False, "embedding_truncate": True, "embedding_batch_tokens": None,
-    "embedding_max_batch_size": 256, "rerank_batch_tokens": 16384, "rerank_max_batch_size": 128,
+    "embedding_max_batch_size": 256, "rerank_batch_tokens": None, "rerank_max_batch_size": 128,
     "rerank_max_tokens_per_doc": 8192, "vllm_max_model_len": None, "chat_engine": "transformers",
     "chat_max_n": 16, "model_cache_size": 1, "models_dir": Path("models"),
     # the scheduler's (worker/scheduling.py, worker/scheduler/)

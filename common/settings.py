@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(2048, ge=1)
 
     # --- rerank ---
-    rerank_batch_tokens: int = Field(16384, ge=64, description="Padded tokens per rerank micro-batch.")
+    rerank_batch_tokens: int | None = Field(
+        None, ge=64, description="Padded tokens per rerank micro-batch; default 4096 on CPU, 65536 on a GPU.")
     rerank_max_batch_size: int = Field(128, ge=1, description="(query, document) pairs per micro-batch.")
     rerank_max_documents: int = Field(1000, ge=1, description="Documents per rerank request.")
     rerank_max_tokens_per_doc: int = Field(8192, ge=1, description="Tokens of one document (or the query).")

@@ -23,7 +23,7 @@ from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker.batcher import BatchQueue, Item, Pending
-from worker.engines.base import Engine, free_memory
+from worker.engines.base import Engine, free_memory, pick_device
 from worker.handler import Handler
 from worker.models import ModelManager
 from worker.scheduling import Scheduler
@@ -223,3 +223,11 @@ class BatchedHandler(Handler):
 
 def _out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def batch_tokens(configured: int | None, settings: Settings) -> int:
+    """A configured padded-token budget per batch, else what measured best: on a CPU a padded token costs
+    as much as a real one and small batches win (4096); a GPU wants large ones (65536)."""
+    if configured is not None:
+        return configured
+    return 65536 if pick_device(settings) == "cuda" else 4096

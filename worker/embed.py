@@ -7,9 +7,9 @@ from typing import Any
 
 from common.discovery import ModelType
 from common.settings import Settings
-from worker.batched import BatchedHandler
+from worker.batched import BatchedHandler, batch_tokens
 from worker.batcher import BatchQueue, Item, Pending
-from worker.engines.base import Engine, pick_device
+from worker.engines.base import Engine
 from worker.engines.embedding import EmbeddingEngine, shape_vector
 from worker.models import ModelManager
 from worker.scheduling import Scheduler
@@ -21,7 +21,8 @@ class EmbeddingHandler(BatchedHandler):
 
     def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
                  transport: WorkerTransport) -> None:
-        queue = BatchQueue(batch_tokens(settings), settings.embedding_max_batch_size)
+        queue = BatchQueue(batch_tokens(settings.embedding_batch_tokens, settings),
+                           settings.embedding_max_batch_size)
         super().__init__(settings, models, scheduler, transport, queue,
                          max_waiting=4 * settings.embedding_max_batch_size)
 
@@ -40,11 +41,3 @@ class EmbeddingHandler(BatchedHandler):
     def body(self, pending: Pending) -> dict[str, Any]:
         # `tokens` per input: a batch job carries many lines' inputs and splits the usage back per line.
         return {"data": pending.results, "prompt_tokens": pending.tokens, "tokens": [len(s) for s in pending.seqs]}
-
-
-def batch_tokens(settings: Settings) -> int:
-    """LLM_EMBEDDING_BATCH_TOKENS, else what measured best: on a CPU a padded token costs as much as a
-    real one and small batches win (4096); a GPU wants large ones (65536)."""
-    if settings.embedding_batch_tokens is not None:
-        return settings.embedding_batch_tokens
-    return 65536 if pick_device(settings) == "cuda" else 4096
