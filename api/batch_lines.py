@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,11 +22,11 @@ from pydantic import BaseModel, ValidationError
 from api.schemas.chat import ChatCompletionRequest, ChatFormat
 from api.schemas.embeddings import EmbeddingRequest
 from api.schemas.rerank import RerankRequest
-from api.streaming import Choice
+from api.streaming import join_deltas
 from common import keys
 from common.discovery import ModelType
 from common.errors import EngineFailure, InvalidRequest, ServiceError, ValidationFailed
-from common.protocol import Job, Message, MessageKind, new_request_id
+from common.protocol import Job, Message, new_request_id
 from common.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -141,6 +142,18 @@ class Endpoint(ABC):
     def _timeout_s(self) -> float:
         return self.settings.request_timeout_s
 
+    def _job_per_line(self, lines: list[Line], job_of: Callable[[Line], Job]) -> tuple[list[Planned], list[Outcome]]:
+        """One job per line (chat, rerank), due by the batch's deadline; a bad line becomes an error line."""
+        jobs, errors = [], []
+        for line in lines:
+            try:
+                job = replace(job_of(line), deadline_ms=self.deadline_ms)
+            except ServiceError as exc:
+                errors.append(error_line(line, None, exc))
+                continue
+            jobs.append(Planned(job, [[line.number, line.offset]]))
+        return jobs, errors
+
 
 class Embeddings(Endpoint):
     model_type = ModelType.EMBEDDING
@@ -192,31 +205,21 @@ class ChatCompletions(Endpoint):
     model_type = ModelType.CHAT
 
     def plan(self, lines: list[Line]) -> tuple[list[Planned], list[Outcome]]:
-        jobs, errors = [], []
-        for line in lines:
-            try:
-                request = parse(ChatCompletionRequest, line.body)
-                request.check(self.settings.chat_max_n)
-                if request.stream:
-                    raise InvalidRequest("'stream' is not supported in a batch", param="stream")
-                job = replace(request.to_job(self._timeout_s()), deadline_ms=self.deadline_ms)
-            except ServiceError as exc:
-                errors.append(error_line(line, None, exc))
-                continue
-            jobs.append(Planned(job, [[line.number, line.offset]]))
-        return jobs, errors
+        return self._job_per_line(lines, self._job)
+
+    def _job(self, line: Line) -> Job:
+        request = parse(ChatCompletionRequest, line.body)
+        request.check(self.settings.chat_max_n)
+        if request.stream:
+            raise InvalidRequest("'stream' is not supported in a batch", param="stream")
+        return request.to_job(self._timeout_s())
 
     def render(self, job_id: str, lines: list[Line], messages: list[Message]) -> list[Outcome]:
         (line,) = lines
         request = parse(ChatCompletionRequest, line.body)
-        choices: dict[int, Choice] = {}
-        for message in messages:
-            if message.kind is MessageKind.DELTA:
-                for delta in message.body["choices"]:
-                    choices.setdefault(delta["index"], Choice(delta["index"])).add(delta)
         usage = messages[-1].body.get("usage", {})
         fmt = ChatFormat(job_id, request.model, int(time.time()))
-        body = fmt.response([choices[i] for i in sorted(choices)], usage)
+        body = fmt.response(join_deltas(messages), usage)
         return [ok_line(line, job_id, body)]
 
 
@@ -224,19 +227,13 @@ class Rerank(Endpoint):
     model_type = ModelType.RERANKER
 
     def plan(self, lines: list[Line]) -> tuple[list[Planned], list[Outcome]]:
-        jobs, errors = [], []
-        for line in lines:
-            try:
-                request = parse(RerankRequest, line.body)
-                if not request.model:
-                    raise InvalidRequest("'model' is required in a batch", param="model")
-                job = request.to_job(request.model, self.settings.rerank_max_documents, self._timeout_s())
-                job = replace(job, deadline_ms=self.deadline_ms)
-            except ServiceError as exc:
-                errors.append(error_line(line, None, exc))
-                continue
-            jobs.append(Planned(job, [[line.number, line.offset]]))
-        return jobs, errors
+        return self._job_per_line(lines, self._job)
+
+    def _job(self, line: Line) -> Job:
+        request = parse(RerankRequest, line.body)
+        if not request.model:
+            raise InvalidRequest("'model' is required in a batch", param="model")
+        return request.to_job(request.model, self.settings.rerank_max_documents, self._timeout_s())
 
     def render(self, job_id: str, lines: list[Line], messages: list[Message]) -> list[Outcome]:
         (line,) = lines

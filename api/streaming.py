@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -56,14 +56,22 @@ def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def collect(messages: AsyncIterator[Message]) -> tuple[list[Choice], dict[str, Any]]:
+def join_deltas(messages: Iterable[Message]) -> list[Choice]:
+    """Every choice's text (and logprobs, finish reason) from a job's delta messages, by index."""
     choices: dict[int, Choice] = {}
-    async for message in messages:
+    for message in messages:
         if message.kind is MessageKind.DELTA:
             for delta in message.body["choices"]:
                 choices.setdefault(delta["index"], Choice(delta["index"])).add(delta)
-        elif message.kind is MessageKind.DONE:
-            return [choices[i] for i in sorted(choices)], message.body["usage"]
+    return [choices[i] for i in sorted(choices)]
+
+
+async def collect(messages: AsyncIterator[Message]) -> tuple[list[Choice], dict[str, Any]]:
+    seen: list[Message] = []
+    async for message in messages:
+        if message.kind is MessageKind.DONE:
+            return join_deltas(seen), message.body["usage"]
+        seen.append(message)
     raise Unavailable("the generation ended without a result")
 
 

@@ -150,6 +150,11 @@ def _read_optional_object(path: Path) -> dict[str, Any]:
     return _read_json_object(path) if path.is_file() else {}
 
 
+def read_options(folder: Path) -> dict[str, Any]:
+    """The options of a discovered folder's override file ({} when it has none)."""
+    return _read_override(folder)[1]
+
+
 def _read_override(folder: Path) -> tuple[ModelType | None, dict[str, Any]]:
     """(type, options) from the optional override file; raises DiscoveryError when it is bad."""
     data = _read_optional_object(folder / OVERRIDE_FILE)

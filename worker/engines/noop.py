@@ -8,12 +8,11 @@ uses it. Options: `dimension` (default 16).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from common.discovery import read_options
 from common.errors import InvalidRequest
 from common.settings import Settings
 from worker.engines.embedding import EmbeddingEngine
@@ -23,20 +22,12 @@ MAX_LENGTH = 512
 CHARS_PER_TOKEN = 4
 
 
-def _options(folder: Path) -> dict[str, Any]:
-    path = folder / "llm-interface.json"
-    if not path.is_file():
-        return {}
-    options = json.loads(path.read_text(encoding="utf-8")).get("options") or {}
-    return options if isinstance(options, dict) else {}
-
-
 class NoopInputs:
     """Stands in for `EmbeddingInputs`: one pseudo-token (id 0) per 4 characters, at most 512."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.settings = settings
-        self.dimension = int(_options(folder).get("dimension", DEFAULT_DIMENSION))
+        self.dimension = int(read_options(folder).get("dimension", DEFAULT_DIMENSION))
         self.max_length = MAX_LENGTH
         self.pad_id = 0
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.discovery import CAUSAL_LM_SUFFIXES, OVERRIDE_FILE, ModelType
+from common.discovery import CAUSAL_LM_SUFFIXES, ModelType, read_options
 from common.errors import InvalidRequest
 from common.settings import Settings
 from worker.engines.base import (
@@ -82,14 +82,6 @@ def _too_many_tokens(what: str, limit: int) -> InvalidRequest:
                           param=what.split("[")[0], code="too_many_tokens")
 
 
-def _read_options(folder: Path) -> dict[str, Any]:
-    path = folder / OVERRIDE_FILE
-    if not path.is_file():
-        return {}
-    options = json.loads(path.read_text(encoding="utf-8")).get("options") or {}
-    return options if isinstance(options, dict) else {}
-
-
 class RerankInputs:
     """The cheap half of a reranker: tokenizer, prompt format and limits (no weights)."""
 
@@ -98,7 +90,7 @@ class RerankInputs:
 
         self.settings = settings
         self.config: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        self.options = _read_options(folder)
+        self.options = read_options(folder)
         archs = [a for a in self.config.get("architectures") or [] if isinstance(a, str)]
         cross = any(a.endswith("ForSequenceClassification") for a in archs)
         self.causal = not cross and any(a.endswith(CAUSAL_LM_SUFFIXES) for a in archs)
