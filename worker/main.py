@@ -53,8 +53,7 @@ class Worker:
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        self.models.rescan()
-        self.scheduler.refresh()
+        self._rescan()
         await self.transport.setup()
         log.info("worker %s serving %d models from %s", self.transport.worker_id,
                  len(self.models.catalog.models), self.settings.models_dir)
@@ -78,6 +77,11 @@ class Worker:
         await self.transport.deregister()
         if crashed:
             raise SystemExit(1)
+
+    def _rescan(self) -> None:
+        """Read the models folder again and give the scheduler the new catalog."""
+        self.models.rescan()
+        self.scheduler.refresh()
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,8 +138,7 @@ class Worker:
         last_scan = loop.time()
         while True:
             if loop.time() - last_scan > self.settings.models_rescan_s:
-                self.models.rescan()
-                self.scheduler.refresh()
+                self._rescan()
                 last_scan = loop.time()
             try:
                 await self.admin.apply()
