@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -126,9 +127,7 @@ class Worker:
 
     async def _beat(self) -> None:
         """Publish the catalog and gauges, with an expiry of a few beats."""
-        stats: dict[str, float] = {k: v for h in self.handlers for k, v in h.stats().items()}
-        stats.update(self.scheduler.stats(), reclaimed=self.reclaimer.reclaimed,
-                     dead_lettered=self.reclaimer.dead_lettered)
+        stats = collect_stats([*(h.stats for h in self.handlers), self.scheduler.stats, self.reclaimer.stats])
         await self.transport.register(self.models.catalog, [h.model_type for h in self.handlers],
                                       ttl_s=self.settings.worker_heartbeat_s * HEARTBEAT_TTL_BEATS, stats=stats,
                                       states=self.scheduler.states())
@@ -145,7 +144,21 @@ class Worker:
                 await self._beat()
             except (RedisError, OSError):
                 log.warning("heartbeat failed", exc_info=True)
+            except Exception:  # a bug in a gauge or a command must not stop the worker's heart
+                log.exception("heartbeat failed")
             await asyncio.sleep(self.settings.worker_heartbeat_s)
+
+
+def collect_stats(sources: list[Callable[[], Mapping[str, float]]]) -> dict[str, float]:
+    """Every source's gauges; a source that raises is logged and its gauges left out of this beat."""
+    stats: dict[str, float] = {}
+    for source in sources:
+        try:
+            stats.update(source())
+        except Exception:
+            log.warning("gauges of %s left out of the heartbeat", getattr(source, "__qualname__", source),
+                        exc_info=True)
+    return stats
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:

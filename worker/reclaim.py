@@ -40,6 +40,9 @@ class Reclaimer:
         self.reclaimed = 0
         self.dead_lettered = 0
 
+    def stats(self) -> dict[str, float]:
+        return {"reclaimed": self.reclaimed, "dead_lettered": self.dead_lettered}
+
     async def startup(self) -> None:
         """Before reading our own backlog again (same worker id): dead-letter what crashed us too often."""
         for stream in self.admit:
