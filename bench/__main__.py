@@ -8,6 +8,7 @@
     python -m bench switching     # model switch time vs a raw load; loads per 100 interleaved requests
     python -m bench recovery      # a worker SIGKILLed under 32 clients: time to reclaimed answers, failures
     python -m bench gpu           # the GPU script: engines in-process on CUDA (--smoke: tiny shapes, CPU)
+    python -m bench gpu_check     # the memory plan on a GPU: planned vs measured bytes, park/wake, offload
     python -m bench all --smoke   # every one in turn (each in its own process); CI runs this mode
 
 Each run prints a table and writes JSON (and for some a PNG plot) to bench/results/; `python -m bench.NAME`
@@ -21,7 +22,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "switching", "recovery", "gpu")
+BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "switching", "recovery", "gpu", "gpu_check")
+GPU_ONLY = ("gpu", "gpu_check")
 
 
 def cuda_available() -> bool:
@@ -36,8 +38,8 @@ def run_all(args: list[str]) -> int:
     smoke = "--smoke" in args
     failed: list[str] = []
     for name in BENCHMARKS:
-        if name == "gpu" and not smoke and not cuda_available():
-            print("== gpu: skipped (no CUDA device; `python -m bench gpu --smoke` runs it on the CPU)")
+        if name in GPU_ONLY and not smoke and not cuda_available():
+            print(f"== {name}: skipped (no CUDA device; `python -m bench {name} --smoke` runs it on the CPU)")
             continue
         print(f"== {name} {' '.join(args)}", flush=True)
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`llm-interface`: serve (local mode: Redis + API + worker), api, worker, models, worker-health, batch watch."""
+"""`llm-interface`: serve (local mode: Redis + API + worker), api, worker, models, plan, worker-health, batch watch."""
 
 from __future__ import annotations
 
@@ -96,11 +96,17 @@ def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-interface", description=__doc__)
-    parser.add_argument("command", choices=["serve", "api", "worker", "models", "worker-health", "batch"])
+    parser.add_argument("command", choices=["serve", "api", "worker", "models", "plan", "worker-health", "batch"])
     parser.add_argument("args", nargs="*", help="batch: `watch BATCH_ID` (a progress bar of its request counts)")
     parser.add_argument("--base-url", help="batch: the API's URL (default http://127.0.0.1:LLM_PORT)")
+    parser.add_argument("--gpu-gb", type=float, help="plan: plan for a card of this many GiB (default: this GPU)")
+    parser.add_argument("--json", action="store_true", help="plan: print the plan as JSON")
     args = parser.parse_args(argv)
     settings = Settings()
+    if args.command == "plan":
+        from worker.plan import main as plan_main
+
+        return plan_main(settings, args.gpu_gb, args.json)
     if args.command == "batch":
         if len(args.args) != 2 or args.args[0] != "watch":
             parser.error("usage: llm-interface batch watch BATCH_ID")

@@ -8,6 +8,7 @@ standard library is used here (the API image has no torch / transformers).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,39 @@ class DiscoveryError(Exception):
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What memory planning needs from a transformer's config.json (the text model's, for multimodal ones)."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Bytes of KV cache one token takes: keys and values of every layer."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape | None:
+        """The shape, or None when the config does not state it (an unusual architecture)."""
+        nested = config.get("text_config")
+        text: dict[str, Any] = nested if isinstance(nested, dict) else config
+        get = functools.partial(_config_int, text)
+        layers = get("num_hidden_layers", "n_layer", "num_layers")
+        hidden = get("hidden_size", "n_embd", "d_model")
+        heads = get("num_attention_heads", "n_head")
+        if layers is None or hidden is None or heads is None:
+            return None
+        kv_heads = get("num_key_value_heads", "num_kv_heads") or heads
+        head_dim = get("head_dim") or max(hidden // heads, 1)
+        intermediate = get("intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
+        return cls(layers, hidden, intermediate, heads, kv_heads, head_dim, get("vocab_size") or 0)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     id: str
     type: ModelType
@@ -46,6 +80,8 @@ class ModelInfo:
     max_length: int | None
     has_chat_template: bool
     options: dict[str, Any] = field(default_factory=dict)
+    quantization: str | None = None  # config.json's quantization_config.quant_method (awq, gptq, fp8, ...)
+    shape: ModelShape | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)  # deep copies options
@@ -69,6 +105,8 @@ class ModelInfo:
                 max_length=None if d.get("max_length") is None else int(d["max_length"]),
                 has_chat_template=bool(d["has_chat_template"]),
                 options=copy.deepcopy(options),
+                quantization=_opt_str(d.get("quantization")),
+                shape=ModelShape(**d["shape"]) if d.get("shape") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"invalid model info: {exc!r}") from exc
@@ -98,6 +136,19 @@ class Catalog:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _config_int(config: dict[str, Any], *names: str) -> int | None:
+    """The first of ``names`` that the config sets to a positive integer."""
+    return next((v for v in map(_positive_int, map(config.get, names)) if v is not None), None)
+
+
+def _quantization(config: dict[str, Any]) -> str | None:
+    quant = config.get("quantization_config")
+    if not isinstance(quant, dict):
+        return None
+    method = quant.get("quant_method")
+    return str(method).lower() if isinstance(method, str) and method else "unknown"
 
 
 def is_safe_model_id(model_id: str) -> bool:
@@ -292,6 +343,8 @@ def _analyse(model_id: str, folder: Path, policy: LoadPolicy) -> ModelInfo:
         max_length=_max_length(folder, config),
         has_chat_template=_has_chat_template(folder),
         options=options,
+        quantization=_quantization(config),
+        shape=ModelShape.from_config(config),
     )
 
 

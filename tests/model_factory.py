@@ -344,3 +344,84 @@ def build_models_dir(root: Path) -> dict[str, Path]:
         "tiny-bert-reranker": make_bert_cross_encoder(root / "tiny-bert-reranker"),
         "tiny-qwen3-reranker": make_qwen3_reranker(root / "tiny-qwen3-reranker"),
     }
+
+
+# ---- folders shaped like real checkpoints, for planning (real configs, sparse weight files: nothing loads them) ----
+
+QWEN25_7B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 3584,
+    "intermediate_size": 18944, "max_position_embeddings": 32768, "max_window_layers": 28, "num_attention_heads": 28,
+    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": False, "tie_word_embeddings": False, "torch_dtype": "float16",
+    "use_cache": True, "vocab_size": 152064, "bos_token_id": 151643, "eos_token_id": 151645,
+}
+QUANTIZATION_CONFIGS = {
+    "awq": {"bits": 4, "group_size": 128, "modules_to_not_convert": None, "quant_method": "awq", "version": "gemm",
+            "zero_point": True},
+    "gptq": {"bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": False, "quant_method": "gptq",
+             "static_groups": False, "sym": True, "true_sequential": True},
+}
+QWEN3_06B_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 128, "hidden_act": "silu",
+    "hidden_size": 1024, "intermediate_size": 3072, "max_position_embeddings": 32768, "num_attention_heads": 16,
+    "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_theta": 1000000,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "vocab_size": 151669,
+}
+
+
+def write_sparse_safetensors(path: Path, tensors: list[tuple[str, str, list[int]]], total_bytes: int) -> None:
+    """A safetensors file of `total_bytes` whose header is valid and whose data is a hole (sparse: takes no disk):
+    the named tensors, then one uint8 filler tensor up to the size."""
+    import struct
+
+    sizes = {"F16": 2, "BF16": 2, "I32": 4, "F32": 4, "U8": 1}
+    header: dict[str, object] = {}
+    offset = 0
+    for name, dtype, shape in tensors:
+        nbytes = sizes[dtype]
+        for dim in shape:
+            nbytes *= dim
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps({**header, "__metadata__": {"format": "pt"}}).encode()
+    filler = max(total_bytes - 8 - len(raw) - 200 - offset, 0)
+    header["model.padding"] = {"dtype": "U8", "shape": [filler], "data_offsets": [offset, offset + filler]}
+    raw = json.dumps({**header, "__metadata__": {"format": "pt"}}).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        fh.truncate(8 + len(raw) + offset + filler)
+
+
+def make_quantized_qwen25_7b(out_dir: Path, method: str, total_gib: float = 5.2) -> Path:
+    """Qwen2.5-7B-Instruct-AWQ/-GPTQ as far as planning and vLLM's engine config see it: the real config, an int32
+    `qweight` tensor, two sparse shards adding up to the real size."""
+    _write_json(out_dir / "config.json", {**QWEN25_7B_CONFIG, "quantization_config": QUANTIZATION_CONFIGS[method]})
+    qweight = [3584, 448] if method == "awq" else [448, 3584]  # AWQ packs 8 values along the output, GPTQ the input
+    half = int(total_gib * 1024**3) // 2
+    write_sparse_safetensors(out_dir / "model-00001-of-00002.safetensors",
+                             [("model.layers.0.self_attn.q_proj.qweight", "I32", qweight)], half)
+    write_sparse_safetensors(out_dir / "model-00002-of-00002.safetensors",
+                             [("lm_head.weight", "F16", [152064, 3584])], half)
+    return out_dir
+
+
+def make_qwen3_06b_shaped(out_dir: Path, kind: Literal["embedding", "reranker"]) -> Path:
+    """Qwen3-Embedding-0.6B (sentence-transformers files) or Qwen3-Reranker-0.6B (the folder name says rerank),
+    the real config and a sparse 1.19 GB weight file."""
+    _write_json(out_dir / "config.json", QWEN3_06B_CONFIG)
+    if kind == "embedding":
+        _write_st_embedding_files(out_dir, QWEN3_06B_CONFIG["hidden_size"])  # type: ignore[arg-type]
+    write_sparse_safetensors(out_dir / "model.safetensors", [("model.embed_tokens.weight", "BF16", [151669, 1024])],
+                             1_191_586_416)
+    return out_dir
+
+
+def build_seed_shaped_dir(root: Path) -> Path:
+    """The seed's example folder: a 7B AWQ chat model, a 0.6B embedding model and a 0.6B reranker."""
+    make_quantized_qwen25_7b(root / "Qwen2.5-7B-Instruct-AWQ", "awq")
+    make_qwen3_06b_shaped(root / "Qwen3-Embedding-0.6B", "embedding")
+    make_qwen3_06b_shaped(root / "Qwen3-Reranker-0.6B", "reranker")
+    return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -88,6 +89,7 @@ class Sim:
         self.policy.set_models({p.model_id: p for p in placements}, self.now)
         self.served: list[str] = []  # job ids in the order the policy granted them
         self.running: list[str] = []
+        self.pinned: dict[str, int] = {}  # host bytes a model's parked copy really holds, when not its weights
 
     def at(self, t: float) -> Sim:
         self.now = t
@@ -119,7 +121,8 @@ class Sim:
                 elif kind == "load":
                     self.policy.loaded(model_id, self.now)
                 else:
-                    self.policy.unloaded(model_id, self.now, parked=kind == "park")
+                    self.policy.unloaded(model_id, self.now, parked=kind == "park",
+                                         parked_bytes=self.pinned.get(model_id) if kind == "park" else None)
             check_invariants(self.policy)
         self._collect()
         self.fx.calls = [c for c in self.fx.calls if c[0] == "fail"]  # what was completed is consumed
@@ -414,6 +417,29 @@ def test_parked_copies_are_dropped_oldest_first_beyond_the_cpu_cache() -> None:
     sim.job("a2", "A")  # from disk again; parking D drops B, now the oldest
     sim.run_all()
     assert [sim.state(m) for m in "ABCD"] == [S.LOADED, S.AVAILABLE, S.PARKED, S.PARKED]
+
+
+def test_the_cpu_cache_counts_the_bytes_really_pinned() -> None:
+    """Two 2 GiB models fit a 5 GiB cache by their weights, but not when each parked copy pins 4 GiB (torch's
+    pinned allocator rounds up to a power of two): the older copy is dropped."""
+    sim = Sim([gpu("A", gb=2.0), gpu("B", gb=2.0), gpu("C", gb=2.0)], cpu_cache_bytes=5 * GIB)
+    sim.pinned = {"A": 4 * GIB, "B": 4 * GIB}
+    for i, m in enumerate("ABC"):
+        sim.at(float(i)).job(m.lower(), m)
+        sim.run_all()
+    assert [sim.state(m) for m in "ABC"] == [S.AVAILABLE, S.PARKED, S.LOADED]
+    assert sim.policy._parked_bytes == {"B": 4 * GIB}
+
+
+def test_a_placement_the_settings_cannot_give_refuses_its_jobs_with_the_reason() -> None:
+    broken = dataclasses.replace(gpu("A"), error="a context of 32768 tokens needs 1.75 GiB of KV cache")
+    sim = Sim([broken, gpu("B")])
+    sim.job("a", "A")
+    assert sim.fx.take() == [("fail", "A", RefusalCode.LOAD_FAILED, "a")]
+    assert "1.75 GiB" in sim.fx.last_refusal.message
+    sim.job("b", "B")
+    sim.run_all()
+    assert sim.served == ["b"] and sim.state("A") is S.AVAILABLE
 
 
 def test_a_model_too_big_for_the_cpu_cache_is_unloaded_not_parked() -> None:

@@ -43,6 +43,16 @@ def test_status_json(stack: Stack) -> None:
 
     wait_until(lambda: minilm_state() == "loaded", 10, "the loaded state published")
     assert models["tiny-qwen3-chat"]["placement"] in (None, "cpu")
+    # the planned budget, as /v1/models shows it too: the fixed KV cache (LLM_VLLM_KV_CACHE_GB) and the context
+    # it allows (the model's whole window of 512 tokens), with the vLLM arguments derived from them
+    def chat_row() -> dict[str, object]:
+        return {m["id"]: m for m in httpx.get(f"{base}/v1/status", timeout=10).json()["models"]}["tiny-qwen3-chat"]
+
+    wait_until(lambda: chat_row()["context"] == 512, 10, "the plan published")
+    chat_card = httpx.get(f"{base}/v1/models/tiny-qwen3-chat", timeout=10).json()["placement"]
+    assert chat_card["max_model_len"] == 512 and chat_card["kv_cache_bytes"] == int(0.0625 * 2**30)
+    assert chat_card["engine_args"]["kv_cache_memory_bytes"] == chat_card["kv_cache_bytes"]
+    assert chat_card["engine_args"]["max_model_len"] == 512 and chat_card["device"] == "cpu"
     queues = {q["type"]: q for q in status["queues"]}
     assert set(queues) == {"chat", "embedding", "reranker"}
     for q in queues.values():

@@ -23,9 +23,10 @@ from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker.batcher import BatchQueue, Item, Pending
-from worker.engines.base import Engine, free_memory, pick_device
+from worker.engines.base import Engine, free_memory
 from worker.handler import Handler
 from worker.models import ModelManager
+from worker.scheduler.planner import default_batch_tokens
 from worker.scheduling import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
@@ -225,9 +226,7 @@ def _out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def batch_tokens(configured: int | None, settings: Settings) -> int:
-    """A configured padded-token budget per batch, else what measured best: on a CPU a padded token costs
-    as much as a real one and small batches win (4096); a GPU wants large ones (65536)."""
-    if configured is not None:
-        return configured
-    return 65536 if pick_device(settings) == "cuda" else 4096
+def batch_tokens(configured: int | None, scheduler: Scheduler) -> int:
+    """A configured padded-token budget per batch, else the planner's default for this device and budget (the
+    activation workspace it plans for each model)."""
+    return configured or default_batch_tokens(scheduler.budget)

@@ -21,7 +21,7 @@ class EmbeddingHandler(BatchedHandler):
 
     def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
                  transport: WorkerTransport) -> None:
-        queue = BatchQueue(batch_tokens(settings.embedding_batch_tokens, settings),
+        queue = BatchQueue(batch_tokens(settings.embedding_batch_tokens, scheduler),
                            settings.embedding_max_batch_size)
         super().__init__(settings, models, scheduler, transport, queue,
                          max_waiting=4 * settings.embedding_max_batch_size)

@@ -8,6 +8,7 @@ from the weights so jobs are admitted without loading a model), and `make_engine
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from common.discovery import Catalog, ModelInfo, ModelType, scan_models
 from common.errors import EngineFailure, InvalidRequest, ModelNotFound, ServiceError
 from common.settings import Settings
 from worker.engines.base import Engine
-from worker.scheduler.planner import Placement
+from worker.scheduler.planner import ChatEngineKind, Placement
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,38 @@ def engine_class(model_type: ModelType) -> type[Engine]:
     raise InvalidRequest(f"this worker cannot serve {model_type} models yet", code="unsupported_model")
 
 
+def chat_engine_kind(info: ModelInfo, settings: Settings, exact: bool = True) -> ChatEngineKind:
+    """Which engine serves a chat model: the folder's `chat_engine` option, else LLM_CHAT_ENGINE (auto: vLLM
+    when it is installed and knows the architecture). `exact=False` skips the architecture check, which
+    imports vLLM (seconds): the planner sizes an auto model as vLLM whenever vLLM is installed."""
+    choice = str(info.options.get("chat_engine", settings.chat_engine))
+    if choice != "auto":
+        return "vllm" if choice == "vllm" else "transformers"
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers"
+    if not exact:
+        return "vllm"
+    from worker.engines.vllm_chat import vllm_supports
+
+    return "vllm" if vllm_supports(info.architecture) else "transformers"
+
+
 def make_engine(info: ModelInfo, settings: Settings, placement: Placement | None = None) -> Engine:
-    """The engine for a model. Chat: vLLM or transformers, by the folder's `chat_engine` option or
-    LLM_CHAT_ENGINE (auto: vLLM when importable and it knows the architecture). Blocking: imports."""
+    """The engine for a model (chat: by `chat_engine_kind`). Quantized checkpoints need vLLM: the
+    transformers engines refuse them. Blocking: imports."""
     if info.type is ModelType.EMBEDDING and info.options.get("engine") == "noop":  # benchmarks: bench/dispatch.py
         from worker.engines.noop import NoopEngine
 
         return NoopEngine(info, settings, placement)
+    vllm = info.type is ModelType.CHAT and chat_engine_kind(info, settings) == "vllm"
+    if info.quantization is not None and not vllm:
+        raise EngineFailure(f"model '{info.id}' is {info.quantization}-quantized; the transformers engine cannot "
+                            "load quantized checkpoints (serve it with vLLM)", code="model_load_failed")
     if info.type is not ModelType.CHAT:
         return engine_class(info.type)(info, settings, placement)
-    from worker.engines.vllm_chat import VllmChatEngine, vllm_supports
+    if vllm:
+        from worker.engines.vllm_chat import VllmChatEngine
 
-    choice = str(info.options.get("chat_engine", settings.chat_engine))
-    if choice == "vllm" or (choice == "auto" and vllm_supports(info.architecture)):
         return VllmChatEngine(info, settings, placement)
     from worker.engines.hf_chat import TransformersChatEngine
 
@@ -86,6 +106,11 @@ class ModelManager:
         for problem in self.catalog.problems:
             log.warning("model folder %r not served: %s", problem.path, problem.error)
         return self.catalog
+
+    def chat_engines(self) -> dict[str, ChatEngineKind]:
+        """The engine of each chat model in the catalog (the planner sizes them differently)."""
+        return {m.id: chat_engine_kind(m, self.settings, exact=False) for m in self.catalog.models.values()
+                if m.type is ModelType.CHAT}
 
     def info(self, model_id: str, model_type: ModelType) -> ModelInfo:
         info = self.catalog.models.get(model_id)

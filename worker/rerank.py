@@ -30,7 +30,7 @@ class RerankHandler(BatchedHandler):
 
     def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
                  transport: WorkerTransport) -> None:
-        queue = BatchQueue(batch_tokens(settings.rerank_batch_tokens, settings), settings.rerank_max_batch_size)
+        queue = BatchQueue(batch_tokens(settings.rerank_batch_tokens, scheduler), settings.rerank_max_batch_size)
         super().__init__(settings, models, scheduler, transport, queue, max_waiting=MAX_WAITING_JOBS)
 
     async def prepare(self, delivery: Delivery) -> Pending:

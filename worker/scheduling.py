@@ -22,7 +22,7 @@ from common.settings import Settings
 from worker.engines.base import Engine
 from worker.models import ModelManager, make_engine
 from worker.scheduler.interface import PolicyConfig, Refusal, RefusalCode
-from worker.scheduler.planner import Placement, PlannerParams, gpu_budget_bytes, plan_placements
+from worker.scheduler.planner import GpuInfo, Placement, PlannerParams, gpu_budget_bytes, plan_placements
 from worker.scheduler.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,16 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5  # the policy also looks at the clock (starvation, idle unload, back-off) this often
 
 
-def free_device_bytes(settings: Settings) -> int | None:
-    """Free GPU memory now (None: no GPU, or LLM_DEVICE=cpu). Measured once, before any load."""
+def device_memory(settings: Settings) -> GpuInfo | None:
+    """The GPU's total and free memory now (None: no GPU, or LLM_DEVICE=cpu). Measured once, before any load."""
     if settings.device == "cpu":
         return None
     import torch
 
     if not torch.cuda.is_available():
         return None
-    free, _ = torch.cuda.mem_get_info()
-    return int(free)
+    free, total = torch.cuda.mem_get_info()
+    return GpuInfo(int(total), int(free))
 
 
 def refusal_error(refusal: Refusal) -> ServiceError:
@@ -53,7 +53,8 @@ class Scheduler:
         self.settings = settings
         self.models = models
         self.params = PlannerParams.from_settings(settings)
-        self.budget = gpu_budget_bytes(self.params, free_device_bytes(settings))
+        self.gpu = device_memory(settings)
+        self.budget = gpu_budget_bytes(self.params, self.gpu)
         self.policy = Policy(PolicyConfig.from_settings(settings, self.budget), self)
         self.engines: dict[str, Engine] = {}  # resident, serving
         self._parked: dict[str, Engine] = {}  # evicted, weights kept in CPU memory
@@ -68,7 +69,8 @@ class Scheduler:
 
     def refresh(self) -> None:
         """Give the policy the catalog and each model's placement (at start and after each rescan)."""
-        placements = plan_placements(self.models.catalog.models.values(), self.budget, self.params)
+        placements = plan_placements(self.models.catalog.models.values(), self.gpu, self.params,
+                                     self.models.chat_engines())
         self.policy.set_models(placements, time.time())
 
     async def acquire(self, job_id: str, model_id: str, model_type: ModelType, since: float) -> Engine:
@@ -136,7 +138,7 @@ class Scheduler:
         """Per model: state, error, placement, pinned, jobs waiting and running (for /v1/models)."""
         out: dict[str, dict[str, Any]] = {}
         for model_id, st in self.policy.status().items():
-            placement = None if st.placement is None else _placement_card(st.placement)
+            placement = None if st.placement is None else st.placement.card()
             out[model_id] = {"state": str(st.state), "error": st.error, "pinned": st.pinned,
                              "waiting": st.waiting, "running": st.running, "placement": placement}
         return out
@@ -237,7 +239,7 @@ class Scheduler:
         else:
             await asyncio.to_thread(_quietly_unload, engine)
             self.counts["unload"] += 1
-        self.policy.unloaded(model_id, time.time(), parked=parked)
+        self.policy.unloaded(model_id, time.time(), parked=parked, parked_bytes=engine.parked_bytes if parked else None)
 
     async def _unload(self, model_id: str, engine: Engine | None) -> None:
         if engine is not None:
@@ -252,7 +254,3 @@ def _quietly_unload(engine: Engine) -> None:
     except Exception:
         log.exception("unloading %s failed", engine.info.id)
 
-
-def _placement_card(p: Placement) -> dict[str, Any]:
-    return {"device": p.device, "gpu_bytes": p.gpu_bytes, "cpu_offload_bytes": p.cpu_offload_bytes,
-            "weight_bytes": p.weight_bytes, "reason": p.reason}

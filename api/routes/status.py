@@ -55,14 +55,17 @@ async def status(request: Request, services: ServicesDep) -> JSONBytes:
 
 
 def _model_row(info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
-    """One model as the workers' schedulers report it: state, where it lives and the GPU memory it holds."""
+    """One model as the workers' schedulers report it: state, where it lives, the GPU budget its plan holds it
+    to (weights, KV cache, context length) and the memory it holds now."""
     placement = state.get("placement") or {}
     where = placement.get("device")
     if where and placement.get("cpu_offload_bytes"):
         where = f"{where} + {placement['cpu_offload_bytes'] / 2**30:.1f} GiB offloaded"
     resident = state.get("state") in ("loading", "loaded", "unloading")
     return {"id": info.id, "type": str(info.type), "size_bytes": info.size_bytes, "dtype": info.dtype,
-            "architecture": info.architecture, "max_length": info.max_length,
-            "state": state.get("state", "available"), "error": state.get("error"), "placement": where,
+            "architecture": info.architecture, "max_length": info.max_length, "quantization": info.quantization,
+            "state": state.get("state", "available"), "error": state.get("error") or placement.get("error"),
+            "placement": where, "planned_gpu_bytes": placement.get("gpu_bytes") or None,
+            "kv_cache_bytes": placement.get("kv_cache_bytes") or None, "context": placement.get("max_model_len"),
             "memory_bytes": placement.get("gpu_bytes") or placement.get("weight_bytes") if resident else None,
             "pinned": bool(state.get("pinned")), "waiting_jobs": int(state.get("waiting", 0))}

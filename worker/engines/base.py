@@ -33,6 +33,8 @@ class Engine(ABC):
     @abstractmethod
     def unload(self) -> None: ...
 
+    parked_bytes: int | None = None  # host memory its parked copy really holds (None: not parked, or unknown)
+
     def park(self) -> bool:
         """Keep the weights in CPU memory and free the GPU, for a warm switch back; False when this
         engine cannot (the caller then unloads it)."""
@@ -56,14 +58,28 @@ class ParksModule(Engine):
     model: Any  # a transformers model (typed loosely: its methods are the model class's own)
     device: str
 
+    _pinned: PinnedBuffer | None = None
+
     def park(self) -> bool:
         if not can_park(self.device, self.placement):
             return False
-        park_module(self.model, self.device)
+        self._pinned = park_module(self.model, self.device)
+        self.parked_bytes = None if self._pinned is None else self._pinned.pinned_bytes
         return True
 
     def wake(self) -> None:
         wake_module(self.model, self.device)
+        self._release_pinned()
+
+    def unload(self) -> None:
+        self._release_pinned()
+        drop_model(self, self.device)
+
+    def _release_pinned(self) -> None:
+        """The parked copy is no longer needed (woken, or the engine unloaded): unpin it."""
+        if self._pinned is not None:
+            self._pinned.release()
+            self._pinned, self.parked_bytes = None, None
 
 
 def from_pretrained(load: Callable[..., Any], device: str, placement: Placement | None, **kwargs: Any) -> Any:
@@ -80,26 +96,63 @@ def can_park(device: str, placement: Placement | None) -> bool:
     return placement is None or not placement.offloaded or device != "cuda"
 
 
-def park_module(module: torch.nn.Module, device: str) -> None:
+class PinnedBuffer:
+    """One CPU buffer, page-locked for fast copies to and from the GPU, of exactly the size asked for: plain
+    memory registered with `cudaHostRegister`. (torch's pinned allocator rounds every allocation up to the next
+    power of two: a 5.2 GiB model would pin 8 GiB.) Where registering is not possible, it falls back to that
+    allocator and reports the rounded size, so LLM_CPU_CACHE_GB is checked against what is really pinned."""
+
+    def __init__(self, nbytes: int) -> None:
+        import torch
+
+        self.tensor = torch.empty(nbytes, dtype=torch.uint8)
+        self.registered = _host_register(self.tensor.data_ptr(), nbytes)
+        if not self.registered:
+            self.tensor = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        self.pinned_bytes = nbytes if self.registered else 1 << max(nbytes - 1, 0).bit_length()
+
+    def release(self) -> None:
+        if self.registered:
+            import torch
+
+            torch.cuda.cudart().cudaHostUnregister(self.tensor.data_ptr())  # type: ignore[no-untyped-call]
+            self.registered = False
+        del self.tensor
+
+
+def _host_register(address: int, nbytes: int) -> bool:
+    import torch
+
+    cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+    register = getattr(cudart, "cudaHostRegister", None)
+    if register is None or not hasattr(cudart, "cudaHostUnregister"):
+        return False
+    result = register(address, nbytes, 0)
+    return int(getattr(result, "value", result)) == 0
+
+
+def park_module(module: torch.nn.Module, device: str) -> PinnedBuffer | None:
     """Copy a module's weights into one pinned CPU buffer (a pinned copy comes back ~8x faster than a
-    pageable one, and one large pinned allocation is far cheaper than one per tensor); free the GPU."""
+    pageable one, and one large pinned allocation is far cheaper than one per tensor); free the GPU. None on
+    a CPU: the weights are in CPU memory already and nothing moves."""
     import torch
 
     if device != "cuda":
-        return  # already in CPU memory: parking keeps the object, nothing moves
+        return None
     tensors = [*module.parameters(), *module.buffers()]
     sizes = [-(-t.numel() * t.element_size() // 64) * 64 for t in tensors]  # 64-byte aligned slots
-    flat = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
+    buffer = PinnedBuffer(sum(sizes))
     offset = 0
     with torch.no_grad():
         for tensor, size in zip(tensors, sizes, strict=True):
             nbytes = tensor.numel() * tensor.element_size()
-            host = flat[offset:offset + nbytes].view(tensor.dtype).view(tensor.shape)
+            host = buffer.tensor[offset:offset + nbytes].view(tensor.dtype).view(tensor.shape)
             host.copy_(tensor.data, non_blocking=True)
             tensor.data = host
             offset += size
     torch.cuda.synchronize()
     free_memory(device, collect=False)  # the GPU tensors were released as each parameter moved
+    return buffer
 
 
 def compile_layers(model: torch.nn.Module) -> bool:

@@ -17,7 +17,6 @@ from common.settings import Settings
 from worker.engines.base import (
     ParksModule,
     compile_layers,
-    drop_model,
     from_pretrained,
     pick_device,
     pick_dtype,
@@ -110,9 +109,6 @@ class EmbeddingEngine(ParksModule):
         self.causal = bool(attention) and all(bool(m.is_causal) for m in attention)
         if self.settings.embedding_compile and self.device == "cuda":
             compile_layers(self.model)  # ~2.5x tokens/s on an H100; each model's first batches compile
-
-    def unload(self) -> None:
-        drop_model(self, self.device)
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from common.errors import InvalidRequest
-from worker.engines.base import ParksModule, drop_model, from_pretrained, pick_device
+from worker.engines.base import ParksModule, from_pretrained, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams
 
 
@@ -57,9 +57,6 @@ class TransformersChatEngine(ParksModule, ChatEngine):
             self.info.path, dtype=dtype, local_files_only=True, trust_remote_code=self.settings.trust_remote_code)
         self._lock = asyncio.Lock()
         self._running = 0
-
-    def unload(self) -> None:
-        drop_model(self, self.device)
 
     def running(self) -> int:
         return self._running

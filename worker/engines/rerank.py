@@ -30,7 +30,6 @@ from common.errors import InvalidRequest
 from common.settings import Settings
 from worker.engines.base import (
     ParksModule,
-    drop_model,
     from_pretrained,
     pick_device,
     pick_dtype,
@@ -239,9 +238,6 @@ class RerankEngine(ParksModule):
         self.yes_no_weight = head.weight[ids].detach().to(self.device)
         bias = getattr(head, "bias", None)
         self.yes_no_bias = None if bias is None else bias[ids].detach().to(self.device)
-
-    def unload(self) -> None:
-        drop_model(self, self.device)
 
     def park(self) -> bool:
         if not super().park():

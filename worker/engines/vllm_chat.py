@@ -8,13 +8,14 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from common.discovery import ModelInfo
+from common.errors import EngineFailure
+from common.settings import Settings
 from worker.engines.base import pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
+from worker.scheduler.planner import Placement, PlannerParams, plan_placements, vllm_start_check
 
 log = logging.getLogger(__name__)
-
-# vLLM on CPU takes all free RAM for its KV cache unless told otherwise.
-_CPU_DEFAULT_KV_CACHE_GB = 1.0
 
 
 def vllm_supports(architecture: str | None) -> bool:
@@ -26,27 +27,51 @@ def vllm_supports(architecture: str | None) -> bool:
     return architecture is not None and architecture in ModelRegistry.get_supported_archs()
 
 
-class VllmChatEngine(ChatEngine):
-    def _engine_args(self) -> Any:
-        from vllm.config import StructuredOutputsConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
+def load_dtype(info: ModelInfo, configured: str) -> str:
+    """The dtype vLLM loads with: LLM_VLLM_DTYPE, except that quantized checkpoints keep theirs ("auto"):
+    their kernels only compute in 16 bits."""
+    if info.quantization is not None and configured in ("float32", "float", "fp32"):
+        log.info("%s is %s-quantized: loading it in its own dtype, not %s", info.id, info.quantization, configured)
+        return "auto"
+    return configured
 
-        s = self.settings
-        kv_gb = s.vllm_kv_cache_gb
-        if kv_gb is None and pick_device(s) == "cpu":
-            kv_gb = _CPU_DEFAULT_KV_CACHE_GB
-        dtype: Any = s.vllm_dtype
-        max_len: Any = s.vllm_max_model_len
-        return AsyncEngineArgs(
-            model=self.info.path, dtype=dtype, max_model_len=max_len,
-            tensor_parallel_size=s.vllm_tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
-            enforce_eager=s.vllm_enforce_eager, trust_remote_code=s.trust_remote_code, disable_log_stats=True,
-            kv_cache_memory_bytes=int(kv_gb * 2**30) if kv_gb else None,
-            cpu_offload_gb=self.placement.cpu_offload_gb if self.placement is not None else 0.0,
-            enable_sleep_mode=self._can_sleep(),
-            # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever.
-            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
-        )
+
+def engine_args(info: ModelInfo, settings: Settings, placement: Placement | None, sleep: bool = False) -> Any:
+    """vLLM's `AsyncEngineArgs` for a model, from the plan's budget for it (`Placement.engine_args`: the KV
+    cache, context, sequences, offload and its own share of the card), never from the global settings."""
+    from vllm.config import StructuredOutputsConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    if placement is None:  # outside the scheduler (benchmarks): the plan it would have made on this device
+        placement = plan_placements([info], None, PlannerParams.from_settings(settings))[info.id]
+    if placement.error:
+        raise EngineFailure(placement.error, code="model_load_failed")
+    planned = dict(placement.engine_args)
+    util = planned.pop("gpu_memory_utilization", None)
+    dtype: Any = load_dtype(info, settings.vllm_dtype)
+    return AsyncEngineArgs(
+        model=info.path, dtype=dtype, tensor_parallel_size=settings.vllm_tensor_parallel_size,
+        enforce_eager=settings.vllm_enforce_eager, trust_remote_code=settings.trust_remote_code,
+        disable_log_stats=True, enable_sleep_mode=sleep, **planned,
+        **({} if util is None else {"gpu_memory_utilization": util}),
+        # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever.
+        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+    )
+
+
+class VllmChatEngine(ChatEngine):
+    def _preflight(self) -> None:
+        """On a GPU, vLLM's start-up test before vLLM makes it: a refusal names the numbers, not a dead
+        engine process. (The plan keeps room for every resident model; this catches other processes.)"""
+        if self.placement is None or self.placement.device != "cuda":
+            return
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        problem = vllm_start_check(self.placement, int(free), int(total))
+        if problem is not None:
+            raise EngineFailure(f"{problem}; lower LLM_GPU_MEMORY_UTILIZATION or free GPU memory",
+                                code="model_load_failed")
 
     def _can_sleep(self) -> bool:
         """Parking is vLLM's sleep mode (level 1: weights to CPU memory, KV cache dropped): CUDA only, and
@@ -69,9 +94,14 @@ class VllmChatEngine(ChatEngine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        args = self._engine_args()
+        args = engine_args(self.info, self.settings, self.placement, sleep=self._can_sleep())
+        self._preflight()
         self.sleeps = bool(args.enable_sleep_mode)
-        self.engine = AsyncLLM.from_engine_args(args)
+        try:
+            self.engine = AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM's reason is in its message (or, multi-process, in the log before it)
+            raise EngineFailure(f"vLLM refused to start: {type(exc).__name__}: {exc}",
+                                code="model_load_failed") from exc
 
     def unload(self) -> None:
         self.engine.shutdown()

@@ -98,12 +98,14 @@ class Policy:
                     self.effects.fail_waiters(model_id, self.jobs.take_waiting(model_id), refusal)
         self._decide(now)
 
-    def unloaded(self, model_id: str, now: float, parked: bool = False) -> None:
+    def unloaded(self, model_id: str, now: float, parked: bool = False, parked_bytes: int | None = None) -> None:
+        """An unload (or park) finished; ``parked_bytes``: the host memory the parked copy really holds
+        (default: its weights' size)."""
         self._guard()
         if model_id not in self.states or self.states.state(model_id) is not S.UNLOADING:
             log.warning("model %s: unexpected 'unloaded' event, ignored", model_id)
             return
-        self._finish_unload(model_id, parked, now)
+        self._finish_unload(model_id, parked, now, parked_bytes)
         self._decide(now)
 
     def pin(self, model_id: str, now: float) -> None:
@@ -197,6 +199,8 @@ class Policy:
     def _refusal(self, model_id: str, now: float) -> Refusal | None:
         if model_id not in self.placements or model_id in self._removed:
             return Refusal(RefusalCode.NOT_FOUND, f"The model '{model_id}' does not exist")
+        if self.placements[model_id].error:  # the settings ask for what the model cannot be given
+            return Refusal(RefusalCode.LOAD_FAILED, str(self.placements[model_id].error))
         rec = self.states.record(model_id)
         if rec.state is S.FAILED and rec.retry_at is not None and now < rec.retry_at:
             return Refusal(RefusalCode.LOAD_FAILED, f"model '{model_id}' failed to load: {rec.error} "
@@ -262,7 +266,7 @@ class Policy:
         return sorted((m for m in wanted if self._loadable(m, now)), key=key)
 
     def _loadable(self, model_id: str, now: float) -> bool:
-        if model_id not in self.placements or model_id in self._removed:
+        if model_id not in self.placements or model_id in self._removed or self.placements[model_id].error:
             return False
         rec = self.states.record(model_id)
         if rec.state is S.FAILED:
@@ -381,12 +385,12 @@ class Policy:
         self.states.move(model_id, S.UNLOADING, now, f"dropping parked copy: {reason}")
         self.effects.unload(model_id)
 
-    def _finish_unload(self, model_id: str, parked: bool, now: float) -> None:
+    def _finish_unload(self, model_id: str, parked: bool, now: float, parked_bytes: int | None = None) -> None:
         placement = self._in_use.pop(model_id, None)
         parked = parked and model_id in self._parking and placement is not None
         self._parking.discard(model_id)
         if parked and placement is not None:
-            self._parked_bytes[model_id] = placement.weight_bytes
+            self._parked_bytes[model_id] = placement.weight_bytes if parked_bytes is None else parked_bytes
             self.states.move(model_id, S.PARKED, now, "parked in CPU memory")
             return
         self.states.move(model_id, S.AVAILABLE, now, "unloaded")
