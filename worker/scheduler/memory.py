@@ -51,14 +51,13 @@ def dtype_bytes(name: str | None) -> int | None:
 
 def compute_dtype_bytes(model: ModelInfo, configured: str, on_gpu: bool) -> int:
     """Bytes per value of activations and KV cache: the load dtype. Quantized kernels compute in 16 bits;
-    "auto" keeps the checkpoint's precision on a CPU and uses 16 bits on a GPU."""
+    "auto" means 16 bits on a GPU, and on a CPU up to 32 (a CPU without bf16 support computes in fp32)."""
     if model.quantization is not None:
         return 2
     chosen = dtype_bytes(configured)
     if chosen is not None:
         return chosen
-    stored = dtype_bytes(model.dtype) or 2
-    return min(stored, 2) if on_gpu else stored
+    return min(dtype_bytes(model.dtype) or 2, 2) if on_gpu else 4
 
 
 def window(model: ModelInfo) -> int:
