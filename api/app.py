@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,7 @@ from api.routes import admin, batches, chat, embeddings, files, health, models, 
 from api.services import Services
 from common.settings import Settings
 
-JSON_PATHS = ("/v1/embeddings", "/v1/chat/completions", "/v1/completions")
+UPLOAD_PATHS = ("/v1/files",)  # multipart uploads: their own limit, LLM_BATCH_MAX_FILE_BYTES, as they stream
 
 
 class App(FastAPI):
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await services.start()
         app.state.batches = BatchService(services)
         await app.state.batches.start()
+        gc.freeze()  # what is alive now stays: out of the cyclic collector's full passes (see worker settle_heap)
         try:
             yield
         finally:
@@ -47,8 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = App(title="Local LLM Interface", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     stats.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, paths=(*JSON_PATHS, *rerank.PATHS))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=UPLOAD_PATHS)
     app.add_middleware(BearerAuth, settings=settings)
+    app.add_middleware(errors.CatchAll)  # outside the others: a fault anywhere is a 500, the connection kept
     app.state.metrics = Metrics()
     app.add_middleware(MeasureRequests, metrics=app.state.metrics)  # outermost: counts 401s and 413s too
     for module in (chat, embeddings, models, health, status, rerank, files, batches, admin):

@@ -1,8 +1,9 @@
-"""Bearer-token auth on every route but liveness (and the status page's static, data-free shell).
+"""Bearer-token auth on every route but the health probes and the status page's static shell (they hold no data).
 
 `LLM_API_KEYS` (comma-separated) guard every route; `LLM_ADMIN_API_KEYS` guard `/admin/` routes and
-open the others too. No API keys: the API is open, and says so loudly at start. Admin routes with
-API keys set but no admin keys: refused (403), never opened to ordinary keys.
+open the others too. No API keys: the API is open, and says so loudly at start. An ordinary key on an admin
+route is known but not allowed: 403 (no key or an unknown one: 401). Admin routes with API keys set but no
+admin keys: refused (403), never opened to ordinary keys.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health/live", "/", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/", "/favicon.ico"})
 ADMIN_PREFIXES = ("/admin/", "/v1/admin/")
 
 
@@ -62,7 +63,9 @@ class BearerAuth:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return 401, "missing API key: send 'Authorization: Bearer <key>'"
-        allowed = self.admin_keys if admin else self.api_keys + self.admin_keys
-        if not _matches(token.strip(), allowed):
-            return 401, "invalid API key"
-        return None
+        token = token.strip()
+        if _matches(token, self.admin_keys if admin else self.api_keys + self.admin_keys):
+            return None
+        if admin and _matches(token, self.api_keys):
+            return 403, "this key may not use admin routes (they need one of LLM_ADMIN_API_KEYS)"
+        return 401, "invalid API key"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import Annotated
@@ -27,6 +28,10 @@ from api.schemas.batches import BatchState, CreateBatchRequest, Status
 from api.services import Services
 from common import keys
 from common.errors import InvalidRequest, Unavailable
+
+log = logging.getLogger(__name__)
+
+CLOSE_LIMIT_S = 5.0
 
 
 @contextlib.contextmanager
@@ -54,13 +59,17 @@ class BatchService:
         self._task = asyncio.create_task(supervise(self.worker), name="batch-jobs")
 
     async def close(self) -> None:
-        """Stop the lifecycle jobs: a running one is cancelled and queued again for the next process."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(RedisError, OSError):
-            await self.worker.close()
+        """Stop the lifecycle jobs: a running one is cancelled and queued again for the next process. The
+        cancellation is repeated until it takes: a cancel that lands inside redis-py's connection handling can
+        be swallowed, and arq's loop would then poll on, holding the process in its shutdown."""
+        task, deadline = self._task, time.monotonic() + CLOSE_LIMIT_S
+        while task is not None and not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
+        if task is not None and not task.done():
+            log.error("the batch job worker did not stop within %.0f s; leaving it", CLOSE_LIMIT_S)
+        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.worker.close(), CLOSE_LIMIT_S)
 
     async def create(self, request: CreateBatchRequest) -> BatchState:
         meta = self.files.get(request.input_file_id)

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from api.results import ResultRouter
 from common import keys
-from common.errors import DeadlineExceeded, Overloaded, Unavailable, from_wire
+from common.errors import DeadlineExceeded, InvalidRequest, Overloaded, Unavailable, from_wire
 from common.logs import request_id_var
 from common.protocol import DATA_FIELD, Job, Message, MessageKind, now_ms
 
@@ -42,7 +42,12 @@ class Dispatcher:
         A job without a request id gets the current HTTP request's (set by `RequestLog`)."""
         if job.request_id is None and (request_id := request_id_var.get()) is not None:
             job = dataclasses.replace(job, request_id=request_id)
-        args: list[Any] = [self.max_queued, DATA_FIELD, job.encode(), keys.WAKE_STREAM_MAXLEN, job.id, self.ttl_s]
+        try:
+            data = job.encode()
+        except (TypeError, ValueError, OverflowError) as exc:  # what the request models let through by mistake
+            raise InvalidRequest(f"the request holds a value that cannot be sent to a worker: {exc}",
+                                 code="unencodable_request") from exc
+        args: list[Any] = [self.max_queued, DATA_FIELD, data, keys.WAKE_STREAM_MAXLEN, job.id, self.ttl_s]
         try:
             entry_id = await self._submit(keys=[keys.job_stream(job.kind), self.router.wake_key], args=args)
         except (RedisError, OSError) as exc:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import Overloaded, ServiceError
 
@@ -50,9 +51,41 @@ async def _http_error(_: Request, exc: Exception) -> Response:
                           headers=getattr(exc, "headers", None))
 
 
+def _internal_error() -> Response:
+    return error_response(500, "internal server error", "server_error", "internal_error")
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal server error", "server_error", "internal_error")
+    return _internal_error()
+
+
+class CatchAll:
+    """ASGI middleware: a bug's exception becomes a 500 in the OpenAI envelope here, and is not raised on.
+    (Starlette's outermost error middleware re-raises after answering, and uvicorn then drops the
+    connection: a client's keep-alive connection must survive our faults too.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if started:  # a stream that broke half-way: nothing more can be said on it
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await _internal_error()(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

@@ -11,15 +11,17 @@ from common.errors import PayloadTooLarge
 
 
 class BodyLimit:
-    """ASGI middleware: bodies over `max_bytes` on `paths` get a 413 (declared or streamed size)."""
+    """ASGI middleware: a request body over `max_bytes` gets a 413 (declared or streamed size) before anything
+    parses it, on every route but the `exempt` ones (uploads, which enforce their own, larger limit as the
+    file streams to disk)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, paths: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: Iterable[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.paths = frozenset(paths)
+        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")

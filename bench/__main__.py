@@ -5,6 +5,7 @@
     python -m bench chat          # the stack vs vLLM's AsyncLLM, 1 and 32 streams
     python -m bench rerank        # the stack vs CrossEncoder.predict
     python -m bench batch         # the Batch API vs interactive requests, latency under a batch
+    python -m bench fairness      # one-text latency while a 2,048-text request runs, vs idle
     python -m bench switching     # model switch time vs a raw load; loads per 100 interleaved requests
     python -m bench recovery      # a worker SIGKILLed under 32 clients: time to reclaimed answers, failures
     python -m bench gpu           # the GPU script: engines in-process on CUDA (--smoke: tiny shapes, CPU)
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "switching", "recovery", "gpu", "gpu_check")
+BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "fairness", "switching", "recovery", "gpu",
+              "gpu_check")
 GPU_ONLY = ("gpu", "gpu_check")
 
 

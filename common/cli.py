@@ -6,9 +6,11 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 from common import embedded_redis
 from common.logs import setup_logging
@@ -46,8 +48,39 @@ def _list_models(settings: Settings) -> None:
         print(f"! {p.id or p.path}: {p.error}")
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port (taken, or not an address of this machine); None when it can."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: only a listener blocks it
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _wait_live(api: subprocess.Popen[bytes], settings: Settings, timeout_s: float = 60.0) -> bool:
+    """Until the API answers /health/live (True), or its process exits or the time is up (False)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/health/live"
+    deadline = time.monotonic() + timeout_s
+    while api.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def _serve(settings: Settings) -> int:
-    """Everything on this machine: embedded Redis (unless LLM_REDIS_URL), the API and one worker."""
+    """Everything on this machine: embedded Redis (unless LLM_REDIS_URL), the API and one worker. Nothing starts
+    when the API's port is taken; everything stops (exit 1) when any of them fails."""
+    problem = port_problem(settings.host, settings.port)
+    if problem is not None:
+        print(f"llm-interface serve: cannot listen on {settings.host}:{settings.port} ({problem}); set LLM_PORT "
+              "to a free port or stop what holds it", file=sys.stderr)
+        return 2
     procs: list[subprocess.Popen[bytes]] = []
     redis_procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
@@ -59,7 +92,6 @@ def _serve(settings: Settings) -> int:
         print(f"embedded Redis at {url}", flush=True)
     for role in ("worker", "api"):
         procs.append(subprocess.Popen([sys.executable, "-m", "common.cli", role], env=env))
-    print(f"serving on http://{settings.host}:{settings.port}/v1 (Ctrl-C stops)", flush=True)
     stop = False
 
     def _stop(*_: object) -> None:
@@ -69,6 +101,11 @@ def _serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     code = 0
+    if _wait_live(procs[-1], settings):
+        print(f"serving on http://{settings.host}:{settings.port}/v1 (Ctrl-C stops)", flush=True)
+    elif not stop:
+        print("the API did not start; stopping", file=sys.stderr)
+        stop, code = True, 1
     while not stop:
         exited = [p for p in procs if p.poll() is not None]
         if exited:

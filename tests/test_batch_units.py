@@ -178,35 +178,35 @@ def test_rounds_serve_interactive_jobs_before_batch_jobs() -> None:
     queue = BatchQueue(budget_tokens=1000, max_items=100)
     queue.add(pending("old-batch", 1, True))
     queue.add(pending("new-interactive", 2, False))
-    first = queue.next_round()
-    assert first is not None and [it.pending.job.id for b in first[1] for it in b] == ["new-interactive"]
-    second = queue.next_round()
-    assert second is not None and [it.pending.job.id for b in second[1] for it in b] == ["old-batch"]
-    assert queue.next_round() is None
+    first = queue.next_batch()
+    assert first is not None and [it.pending.job.id for it in first[1]] == ["new-interactive"]
+    second = queue.next_batch()
+    assert second is not None and [it.pending.job.id for it in second[1]] == ["old-batch"]
+    assert queue.next_batch() is None
 
 
-def test_batch_rounds_are_cut_to_the_paced_size() -> None:
+def test_batch_lane_batches_are_cut_to_the_paced_size() -> None:
     from worker.batcher import BatchQueue, Pending
 
     queue = BatchQueue(budget_tokens=1000, max_items=100)
     for i in range(3):
         job = Job(id=f"b{i}", kind="embedding", model="m", reply_to="", payload={}, created_ms=i)
         queue.add(Pending(job, "0-1", [[1]] * 3, batch=True))
-    queue.batch_round_items = 6
+    queue.paced_tokens["m"] = 6
     sizes = []
-    while (round_ := queue.next_round()) is not None:
-        sizes.append(sorted({it.pending.job.id for b in round_[1] for it in b}))
+    while (picked := queue.next_batch()) is not None:
+        sizes.append(sorted({it.pending.job.id for it in picked[1]}))
     assert sizes == [["b0", "b1"], ["b2"]]
 
 
-def test_a_large_batch_job_spans_rounds() -> None:
+def test_a_large_batch_job_spans_batches() -> None:
     from worker.batcher import BatchQueue, Pending
 
     queue = BatchQueue(budget_tokens=1000, max_items=100)
     job = Job(id="big", kind="embedding", model="m", reply_to="", payload={}, created_ms=0)
     queue.add(Pending(job, "0-1", [[1]] * 5, batch=True))
-    queue.batch_round_items = 2
-    rounds = []
-    while (round_ := queue.next_round()) is not None:
-        rounds.append(sorted(it.index for b in round_[1] for it in b))
-    assert rounds == [[0, 1], [2, 3], [4]] and len(queue) == 0
+    queue.paced_tokens["m"] = 2
+    batches = []
+    while (picked := queue.next_batch()) is not None:
+        batches.append(sorted(it.index for it in picked[1]))
+    assert batches == [[0, 1], [2, 3], [4]] and len(queue) == 0

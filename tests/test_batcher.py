@@ -26,19 +26,58 @@ def test_max_items_caps_a_batch() -> None:
     assert [len(b) for b in plan_batches([1] * 10, budget_tokens=10_000, max_items=4)] == [4, 4, 2]
 
 
-def test_round_serves_the_oldest_model_and_everything_waiting_for_it() -> None:
+def drain(queue: BatchQueue) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Every batch the queue hands out, in order: (model, [(job id, sequence index), ...])."""
+    out = []
+    while (picked := queue.next_batch()) is not None:
+        out.append((picked[0], [(it.pending.job.id, it.index) for it in picked[1]]))
+    return out
+
+
+def test_batches_serve_the_oldest_model_first_and_everything_waiting_for_it() -> None:
     queue = BatchQueue(budget_tokens=1000, max_items=64)
     queue.add(Pending(job("b1", "B", 2), "1-0", [[1, 2, 3]]))
     queue.add(Pending(job("a1", "A", 1), "1-1", [[1] * 5, [1]]))
     queue.add(Pending(job("a2", "A", 3), "1-2", [[1, 1]]))
-    round_ = queue.next_round()
-    assert round_ is not None
-    model, batches = round_
-    assert model == "A"
-    served = [(it.pending.job.id, it.index) for b in batches for it in b]
-    assert sorted(served) == [("a1", 0), ("a1", 1), ("a2", 0)]
-    assert len(queue) == 1
-    assert queue.next_round() is not None and queue.next_round() is None
+    batches = drain(queue)
+    assert [model for model, _ in batches] == ["A"] * (len(batches) - 1) + ["B"]
+    assert batches[0][1][0] == ("a1", 1)  # the oldest job's shortest sequence leads the first batch
+    assert sorted(x for _, items in batches[:-1] for x in items) == [("a1", 0), ("a1", 1), ("a2", 0)]
+    assert batches[-1] == ("B", [("b1", 0)]) and len(queue) == 0
+
+
+def test_a_small_job_behind_a_huge_one_is_in_the_next_batch() -> None:
+    queue = BatchQueue(budget_tokens=64, max_items=64)
+    queue.paced_tokens["A"] = 64  # measured: the whole budget is about a tenth of a second
+    queue.add(Pending(job("huge", "A", 1), "1-0", [[7] * 8 for _ in range(2048)]))
+    first = queue.next_batch()
+    assert first is not None and {it.pending.job.id for it in first[1]} == {"huge"} and len(first[1]) == 8
+    queue.add(Pending(job("small", "A", 2), "1-1", [[7] * 8]))
+    second = queue.next_batch()
+    assert second is not None and ("small", 0) in [(it.pending.job.id, it.index) for it in second[1]]
+
+
+def test_two_big_jobs_take_turns() -> None:
+    queue = BatchQueue(budget_tokens=32, max_items=64)
+    queue.paced_tokens["A"] = 32
+    queue.add(Pending(job("x", "A", 1), "1-0", [[1] * 8 for _ in range(16)]))
+    queue.add(Pending(job("y", "A", 2), "1-1", [[1] * 8 for _ in range(16)]))
+    leads = [items[0][0] for _, items in drain(queue)]
+    assert leads[:4] == ["x", "y", "x", "y"] and len(leads) == 8
+
+
+def test_a_model_not_measured_yet_starts_at_a_quarter_of_the_budget() -> None:
+    queue = BatchQueue(budget_tokens=400, max_items=64)
+    queue.add(Pending(job("a", "A", 1), "1-0", [[1] * 10 for _ in range(40)]))
+    first = queue.next_batch()
+    assert first is not None and len(first[1]) == 10  # 100 padded tokens
+
+
+def test_the_paced_budget_caps_every_batch() -> None:
+    queue = BatchQueue(budget_tokens=1000, max_items=64)
+    queue.add(Pending(job("a", "A", 1), "1-0", [[1] * 10 for _ in range(20)]))
+    queue.paced_tokens["A"] = 30
+    assert all(len(items) * 10 <= 30 for _, items in drain(queue))
 
 
 def test_pending_completes_when_every_sequence_is_filled() -> None:

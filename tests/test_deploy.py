@@ -161,3 +161,17 @@ def test_dockerfiles_pin_and_drop_root() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignored and "!api/" in ignored  # an allow-list: .venv, .git, tests, models stay out
     assert not any(x.startswith("!") and x.strip("!/") in {"tests", ".venv", "models", "data"} for x in ignored)
+
+
+def test_api_healthchecks_need_no_key() -> None:
+    """With LLM_API_KEYS set every route but a few needs a key: the API's container healthchecks (compose and
+    Dockerfile.api) must probe one of those few, or they would turn unhealthy as soon as keys are set."""
+    from api.auth import OPEN_PATHS
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    commands = [" ".join(compose["services"]["api"]["healthcheck"]["test"]),
+                dict(_instructions(ROOT / "Dockerfile.api"))["HEALTHCHECK"]]
+    for command in commands:
+        urls = re.findall(r"http://127\.0\.0\.1:\d+(/[^'\" ]*)", command)
+        assert urls, command
+        assert all(path in OPEN_PATHS for path in urls), (command, sorted(OPEN_PATHS))

@@ -101,7 +101,7 @@ def body_limited_app(max_bytes: int) -> FastAPI:
     async def echo(payload: dict[str, Any]) -> dict[str, int]:
         return {"keys": len(payload)}
 
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, paths=["/v1/rerank"])
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
     return app
 
 

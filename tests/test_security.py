@@ -42,13 +42,16 @@ def keyed(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def routes(stack: Stack) -> list[tuple[str, str]]:
     spec = httpx.get(f"{stack.base_url}/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     found = [(method.upper(), re.sub(r"\{[^}]+\}", "x", path))
-             for path, ops in spec["paths"].items() for method in ops if path != "/health/live"]
+             for path, ops in spec["paths"].items() for method in ops if path not in PROBES]
     extra = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/metrics"),
-             ("GET", "/v1/status"), ("GET", "/health/ready"), ("GET", "/v1/health")]
+             ("GET", "/v1/status"), ("GET", "/v1/health")]
     return sorted(set(found + extra))
 
 
-def test_every_route_but_liveness_needs_a_key(keyed: Stack) -> None:
+PROBES = ("/health/live", "/health/ready")  # they hold no data: no key needed (container healthchecks)
+
+
+def test_every_route_but_the_probes_needs_a_key(keyed: Stack) -> None:
     all_routes = routes(keyed)
     assert len(all_routes) > 10
     with httpx.Client(base_url=keyed.base_url, timeout=30) as http:
@@ -58,6 +61,17 @@ def test_every_route_but_liveness_needs_a_key(keyed: Stack) -> None:
                 assert response.status_code in (401, 403), (method, path, headers, response.status_code)
                 assert response.json()["error"]["type"] in ("authentication_error", "permission_error")
         assert http.get("/health/live").status_code == 200
+        assert http.get("/health/ready").json() == {"ready": True}
+
+
+def test_an_ordinary_key_on_an_admin_route_is_403(keyed: Stack) -> None:
+    with httpx.Client(base_url=keyed.base_url, timeout=30) as http:
+        ordinary = http.post(f"/v1/admin/models/{MINILM}/load", headers={"Authorization": f"Bearer {KEY}"})
+        assert ordinary.status_code == 403 and ordinary.json()["error"]["code"] == "forbidden"
+        unknown = http.post(f"/v1/admin/models/{MINILM}/load", headers={"Authorization": "Bearer nope"})
+        assert unknown.status_code == 401
+        admin = http.post(f"/v1/admin/models/{MINILM}/load", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert admin.status_code == 202
 
 
 def test_keys_open_the_api_and_the_sdk_works(keyed: Stack) -> None:

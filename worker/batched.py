@@ -32,8 +32,9 @@ from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
 
-BATCH_ROUND_S = 0.1  # engine time of one round of batch-lane work (interactive jobs wait at most that)
+BATCH_S = 0.05  # engine time of one micro-batch: what any job waits behind at most
 POLL_S = 0.2  # jobs waiting for their model are checked this often for a gone caller or a passed deadline
+DROP_POLL_S = 0.05  # between batches, gone callers and passed deadlines are looked up at most this often
 
 
 class BatchedHandler(Handler):
@@ -44,10 +45,13 @@ class BatchedHandler(Handler):
         self.max_waiting = max_waiting
         self._deliveries: dict[str, Delivery] = {}  # every admitted, unanswered job
         self._awaiting: dict[str, tuple[Pending, asyncio.Task[None]]] = {}  # admitted, waiting for their model
-        self._rate: float | None = None  # sequences per second of recent rounds
+        self._rate: dict[str, float] = {}  # per model: padded tokens per second of recent batches
+        self._last_drop = 0.0
         self._work = asyncio.Event()
         self.oom_splits = 0
         self.oom_failures = 0
+        self.dropped = 0  # jobs whose caller left before they were answered
+        self.last_drop_latency_ms = -1  # caller gone (the API's cancel mark) -> its sequences dropped
 
     @abstractmethod
     async def prepare(self, delivery: Delivery) -> Pending:
@@ -68,7 +72,10 @@ class BatchedHandler(Handler):
         return not self._deliveries
 
     def stats(self) -> dict[str, int]:
-        return {f"{self.model_type}_oom_splits": self.oom_splits, f"{self.model_type}_oom_failures": self.oom_failures}
+        kind = self.model_type
+        return {f"{kind}_jobs": len(self._deliveries), f"{kind}_oom_splits": self.oom_splits,
+                f"{kind}_oom_failures": self.oom_failures, f"{kind}_dropped": self.dropped,
+                f"{kind}_last_drop_latency_ms": self.last_drop_latency_ms}
 
     async def run(self) -> None:
         while True:
@@ -79,7 +86,7 @@ class BatchedHandler(Handler):
                 if self._awaiting:
                     await self._drop_gone()
                 while len(self.queue):
-                    await self.serve_round()
+                    await self.serve_batch()
                     self.room.set()
             except (RedisError, OSError) as exc:  # Redis away mid-round: keep the worker alive
                 log.warning("round failed (%s); its jobs stay pending in Redis and are read again", exc)
@@ -128,28 +135,35 @@ class BatchedHandler(Handler):
         self.scheduler.release(job_id)
         return self._deliveries.pop(job_id, None)
 
-    async def serve_round(self) -> None:
-        await self._drop_gone()
-        round_ = self.queue.next_round()
-        if round_ is None:
+    async def serve_batch(self) -> None:
+        """One micro-batch: whoever's turn it is (see worker/batcher.py), after dropping the jobs whose caller
+        has gone or whose deadline passed."""
+        now = time.monotonic()
+        if now - self._last_drop >= DROP_POLL_S:
+            self._last_drop = now
+            await self._drop_gone()
+        picked = self.queue.next_batch()
+        if picked is None:
             return
-        model, batches = round_
+        model, batch = picked
         engine = self.scheduler.engines.get(model)
         if engine is None:  # cannot happen: a model with granted jobs is never evicted
-            await self._fail({it.pending for b in batches for it in b}, EngineFailure(f"model '{model}' is not loaded"))
+            await self._fail({it.pending for it in batch}, EngineFailure(f"model '{model}' is not loaded"))
             return
-        started, seqs = time.perf_counter(), sum(len(b) for b in batches)
-        for batch in batches:
-            await self._run_batch(engine, batch)
-        self._pace(seqs, time.perf_counter() - started)
+        started = time.perf_counter()
+        await self._run_batch(engine, batch)
+        self._pace(model, len(batch) * max(len(it.seq) for it in batch), time.perf_counter() - started)
 
-    def _pace(self, seqs: int, seconds: float) -> None:
-        """Size batch-lane rounds to about BATCH_ROUND_S of engine time at the speed just measured."""
-        if seconds <= 0 or seqs <= 0:
+    def _pace(self, model: str, padded_tokens: int, seconds: float) -> None:
+        """Size the model's micro-batches to about BATCH_S of engine time at the speed just measured. Only a
+        batch that used most of its budget says what the engine can do: a small one (nothing else was waiting)
+        is mostly fixed cost, and counting it would shrink the batches until throughput collapsed."""
+        current = self.queue.paced_tokens.get(model, self.queue.budget_tokens // 4)
+        if seconds <= 0 or padded_tokens < current // 2:
             return
-        rate = seqs / seconds
-        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
-        self.queue.batch_round_items = max(1, min(self.queue.max_items, int(self._rate * BATCH_ROUND_S)))
+        rate = padded_tokens / seconds
+        self._rate[model] = rate if model not in self._rate else 0.7 * self._rate[model] + 0.3 * rate
+        self.queue.paced_tokens[model] = max(1, int(self._rate[model] * BATCH_S))
 
     async def _run_batch(self, engine: Engine, batch: list[Item]) -> None:
         live = [it for it in batch if it.pending.job.id in self._deliveries]
@@ -219,6 +233,8 @@ class BatchedHandler(Handler):
             if pending.job.id in expired:
                 await self.transport.reply(delivery, Message.error(DeadlineExceeded("deadline passed")))
             else:
+                self.dropped += 1
+                self.last_drop_latency_ms = max(0, now - gone[pending.job.id])
                 await self.transport.ack(delivery.stream, delivery.entry_id)
 
 

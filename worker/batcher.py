@@ -1,11 +1,14 @@
-"""The micro-batching queue: one owner of the waiting sequences, batched by a token budget.
+"""The micro-batching queue: one owner of the waiting sequences, served one micro-batch at a time.
 
-Jobs are admitted already tokenised. `next_round` takes every waiting sequence of the model whose
-job has waited longest, sorts them by length and cuts them into batches whose padded size (longest x
-count) stays within the token budget and within `MAX_PADDING` times their real tokens. Everything
-present when a round starts is served in that round, so no sequence waits behind more than one round.
-A sequence longer than the budget on its own still gets a batch of one: nothing is ever dropped or left
-to hang.
+Jobs are admitted already tokenised. `next_batch` picks the model of the job that has waited longest, then
+the job that has had the fewest of its sequences served so far (fair interleaving: a one-text request
+arriving behind a 2,048-text one is in the very next batch), looks at a window of the waiting sequences of
+that model (that job's first), sorts them by length and cuts them into batches whose padded size
+(longest x count) stays within the token budget and within `MAX_PADDING` times their real tokens; it
+returns the batch that holds the chosen job's shortest waiting sequence. The budget is the configured one,
+cut by the handler to about 0.05 s of engine time at the speed it measures, so any job waits
+behind at most one such batch, and cancelled jobs are dropped between batches. A sequence longer than the
+budget on its own still gets a batch of one: nothing is ever dropped or left to hang.
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ class Pending:
     seqs: list[list[int]]
     results: list[Any] = field(default_factory=list)
     remaining: int = 0
-    batch: bool = False  # from the batch lane: served only in rounds with no interactive job waiting
+    batch: bool = False  # from the batch lane: served only while no interactive job waits
+    todo: list[int] = field(default_factory=list)  # sequences not yet handed out, shortest first
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.seqs)
         self.remaining = len(self.seqs)
+        self.todo = sorted(range(len(self.seqs)), key=lambda i: len(self.seqs[i]))
+
+    @property
+    def handed(self) -> int:
+        """Sequences already handed out to batches."""
+        return len(self.seqs) - len(self.todo)
 
     @property
     def tokens(self) -> int:
@@ -79,14 +89,16 @@ def plan_batches(lengths: list[int], budget_tokens: int, max_items: int,
 
 
 class BatchQueue:
+    WINDOW = 4  # sequences looked at per batch: this many batches' worth (at most max_items each)
+
     def __init__(self, budget_tokens: int, max_items: int) -> None:
         self.budget_tokens = budget_tokens
         self.max_items = max_items
-        # Sequences of batch-lane work per round (the handler sizes it to a fraction of a second of
-        # engine time): an interactive job arriving meanwhile waits for at most one such round.
-        self.batch_round_items = max_items
+        # Padded tokens per batch of each model at its measured speed (about BATCH_S of engine time; the
+        # handler sets it): what any job waits behind at most. A model not measured yet starts at a quarter of
+        # the budget, so its first batches cannot hold others up for long either.
+        self.paced_tokens: dict[str, int] = {}
         self._waiting: list[Pending] = []
-        self._served: dict[int, int] = {}  # id(pending) -> sequences already handed out (batch-lane jobs)
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -98,40 +110,36 @@ class BatchQueue:
         """Remove (and return) waiting jobs for which `gone` is true: cancelled or expired."""
         dropped = [p for p in self._waiting if gone(p)]
         self._waiting = [p for p in self._waiting if not gone(p)]
-        for pending in dropped:
-            self._served.pop(id(pending), None)
         return dropped
 
     def waiting(self) -> list[Pending]:
         return list(self._waiting)
 
-    def next_round(self) -> tuple[str, list[list[Item]]] | None:
-        """(model, batches) for the model whose oldest job has waited longest; None when idle.
-        Interactive jobs first: batch-lane jobs make a round only when no interactive job waits, and then
-        only `batch_round_items` of their sequences (a job may span rounds)."""
+    def next_batch(self) -> tuple[str, list[Item]] | None:
+        """(model, one batch of items), or None when idle (see the module doc). Interactive jobs first:
+        batch-lane jobs are served only while no interactive job waits."""
         if not self._waiting:
             return None
         pool = [p for p in self._waiting if not p.batch] or self._waiting
         model = min(pool, key=lambda p: p.job.created_ms).job.model
-        taken = sorted((p for p in pool if p.job.model == model), key=lambda p: p.job.created_ms)
-        items = self._slice(taken, self.batch_round_items if taken[0].batch else None)
-        plan = plan_batches([len(it.seq) for it in items], self.budget_tokens, self.max_items)
-        return model, [[items[i] for i in batch] for batch in plan]
-
-    def _slice(self, pendings: list[Pending], max_seqs: int | None) -> list[Item]:
-        """The next sequences of these jobs (all of them, or up to `max_seqs`); finished jobs leave the queue."""
-        items: list[Item] = []
-        done: set[int] = set()
-        for pending in pendings:
-            start = self._served.get(id(pending), 0)
-            end = len(pending.seqs) if max_seqs is None else min(len(pending.seqs), start + max_seqs - len(items))
-            items += [Item(pending, i) for i in range(start, end)]
-            if end == len(pending.seqs):
-                done.add(id(pending))
-                self._served.pop(id(pending), None)
-            else:
-                self._served[id(pending)] = end
-            if max_seqs is not None and len(items) >= max_seqs:
+        jobs = sorted((p for p in pool if p.job.model == model), key=lambda p: (p.handed, p.job.created_ms))
+        budget = max(1, min(self.budget_tokens, self.paced_tokens.get(model, self.budget_tokens // 4)))
+        window: list[Item] = []
+        for pending in jobs:  # the chosen job's sequences first
+            room = self.WINDOW * self.max_items - len(window)
+            window += [Item(pending, i) for i in pending.todo[:room]]
+            if len(window) >= self.WINDOW * self.max_items:
                 break
-        self._waiting = [p for p in self._waiting if id(p) not in done]
-        return items
+        plan = plan_batches([len(it.seq) for it in window], budget, self.max_items)
+        chosen = [window[i] for i in next(b for b in plan if 0 in b)]
+        self._hand_out(chosen)
+        return model, chosen
+
+    def _hand_out(self, items: list[Item]) -> None:
+        """These sequences are in a batch now; jobs with nothing left to hand out leave the queue."""
+        taken: dict[int, set[int]] = {}
+        for it in items:
+            taken.setdefault(id(it.pending), set()).add(it.index)
+        for pending in {id(it.pending): it.pending for it in items}.values():
+            pending.todo = [i for i in pending.todo if i not in taken[id(pending)]]
+        self._waiting = [p for p in self._waiting if p.todo]

@@ -19,7 +19,7 @@ from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
-from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams
+from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_json_schema
 from worker.handler import Handler
 from worker.models import ModelManager
 from worker.scheduling import Scheduler
@@ -97,6 +97,7 @@ class ChatHandler(Handler):
             ids = prep.render(source.get("messages"), source.get("prompt"))
             prompt_tokens += len(ids)
             params = GenerationParams.from_wire(payload["params"], prep.budget(len(ids), payload.get("max_tokens")))
+            check_json_schema(params.json)
             for j in range(n):
                 seed = None if params.seed is None else params.seed + j
                 out.append(Sequence(p * n + j, ids, replace(params, seed=seed)))

@@ -25,6 +25,7 @@ from common.settings import Settings
 from worker.admin import AdminCommands
 from worker.chat import ChatHandler
 from worker.embed import EmbeddingHandler
+from worker.engines.base import settle_heap
 from worker.handler import Handler
 from worker.models import ModelManager
 from worker.reclaim import HEARTBEAT_TTL_BEATS, Reclaimer
@@ -59,6 +60,7 @@ class Worker:
         log.info("worker %s serving %d models from %s", self.transport.worker_id,
                  len(self.models.catalog.models), self.settings.models_dir)
         await self._beat()  # registered before the first read: nobody mistakes us for a dead worker
+        settle_heap()
         await self.reclaimer.startup()
         serving = [asyncio.create_task(h.run()) for h in self.handlers]
         readers = [asyncio.create_task(self._consume(h)) for h in self.handlers]

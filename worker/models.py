@@ -17,7 +17,7 @@ from typing import Any
 from common.discovery import Catalog, ModelInfo, ModelType, scan_models
 from common.errors import EngineFailure, InvalidRequest, ModelNotFound, ServiceError
 from common.settings import Settings
-from worker.engines.base import Engine
+from worker.engines.base import TRANSFORMERS_IMPORT, Engine
 from worker.scheduler.planner import ChatEngineKind, Placement
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,12 @@ def chat_engine_kind(info: ModelInfo, settings: Settings, exact: bool = True) ->
 
 def make_engine(info: ModelInfo, settings: Settings, placement: Placement | None = None) -> Engine:
     """The engine for a model (chat: by `chat_engine_kind`). Quantized checkpoints need vLLM: the
-    transformers engines refuse them. Blocking: imports."""
+    transformers engines refuse them. Blocking: imports (one thread at a time, see `hf_import`)."""
+    with TRANSFORMERS_IMPORT:
+        return _make_engine(info, settings, placement)
+
+
+def _make_engine(info: ModelInfo, settings: Settings, placement: Placement | None) -> Engine:
     if info.type is ModelType.EMBEDDING and info.options.get("engine") == "noop":  # benchmarks: bench/dispatch.py
         from worker.engines.noop import NoopEngine
 

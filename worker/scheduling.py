@@ -19,7 +19,7 @@ from typing import Any
 from common.discovery import ModelType
 from common.errors import EngineFailure, ModelNotFound, ServiceError
 from common.settings import Settings
-from worker.engines.base import Engine
+from worker.engines.base import Engine, settle_heap
 from worker.models import ModelManager, make_engine
 from worker.scheduler.interface import PolicyConfig, Refusal, RefusalCode
 from worker.scheduler.planner import GpuInfo, Placement, PlannerParams, gpu_budget_bytes, plan_placements
@@ -213,6 +213,7 @@ class Scheduler:
         self.load_seconds["last"] = round(seconds, 4)
         self.load_seconds["total"] += seconds
         log.info("loaded %s in %.3f s (%s)", model_id, seconds, "warm, from CPU memory" if warm else "from disk")
+        settle_heap()
         self.engines[model_id] = engine
         self.policy.loaded(model_id, time.time())
 

@@ -19,7 +19,8 @@ async def _generate(body: SamplingRequest, make_format: Callable[[str, str, int]
                     services: Services) -> Response:
     settings = services.settings
     body.check(settings.chat_max_n)
-    await services.directory.resolve(body.model, ModelType.CHAT)
+    info = await services.directory.resolve(body.model, ModelType.CHAT)
+    body.check_vocabulary(info.shape.vocab if info.shape else None)
     job = body.to_job(settings.request_timeout_s)
     messages = services.dispatcher.stream(job, settings.request_timeout_s)
     fmt = make_format(job.id, body.model, job.created_ms // 1000)

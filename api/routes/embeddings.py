@@ -15,7 +15,8 @@ router = APIRouter(tags=["embeddings"])
 @router.post("/v1/embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request, services: ServicesDep) -> Response:
     settings = services.settings
-    await services.directory.resolve(body.model, ModelType.EMBEDDING)
+    info = await services.directory.resolve(body.model, ModelType.EMBEDDING)
+    body.check_vocabulary(info.shape.vocab if info.shape else None)
     job = body.to_job(settings.max_inputs_per_request, settings.request_timeout_s)
     message = await until_disconnected(request, services.dispatcher.call(job, settings.request_timeout_s))
     if message is None:  # the caller left; the job was cancelled

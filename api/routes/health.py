@@ -12,15 +12,20 @@ from common.errors import Unavailable
 router = APIRouter(tags=["health"])
 
 
+NO_WORKER = "no worker has registered yet: requests would find no model"
+
+
 @router.get("/v1/health")
 async def health(services: ServicesDep) -> JSONBytes:
-    """Ready when Redis answers; lists the live workers, the models and folders that were refused."""
+    """Ready when Redis answers and a worker is registered (503 with the reason otherwise); lists the live
+    workers, the models and the folders that were refused."""
     try:
         snap = await services.directory.snapshot()
     except Unavailable as exc:
         return JSONBytes({"status": "unavailable", "ready": False, "error": exc.message}, status_code=503)
-    return JSONBytes({"status": "ok", "ready": True, "workers": snap.workers, "models": len(snap.models),
-                      "problems": snap.problems})
+    body = {"status": "ok" if snap.workers else "starting", "ready": bool(snap.workers), "workers": snap.workers,
+            "models": len(snap.models), "problems": snap.problems}
+    return JSONBytes(body if snap.workers else {**body, "error": NO_WORKER}, status_code=200 if snap.workers else 503)
 
 
 @router.get("/health/live")
@@ -31,11 +36,16 @@ async def live() -> JSONBytes:
 
 @router.get("/health/ready")
 async def ready(services: ServicesDep) -> JSONBytes:
-    """Readiness: Redis answers a PING (503 within its socket timeout when it does not)."""
+    """Readiness, no key needed (it holds no data): Redis answers and at least one worker is registered; 503
+    with the reason otherwise (within Redis's socket timeout when it does not answer)."""
     try:
         await services.redis.ping()
-    except (RedisError, OSError) as exc:
-        return JSONBytes({"ready": False, "error": f"Redis is unreachable: {exc}"}, status_code=503)
+        snap = await services.directory.snapshot()
+    except (RedisError, OSError, Unavailable) as exc:
+        reason = exc.message if isinstance(exc, Unavailable) else f"Redis is unreachable: {exc}"
+        return JSONBytes({"ready": False, "error": reason}, status_code=503)
+    if not snap.workers:
+        return JSONBytes({"ready": False, "error": NO_WORKER}, status_code=503)
     return JSONBytes({"ready": True})
 
 

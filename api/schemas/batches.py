@@ -7,8 +7,9 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import ConfigDict, Field, StrictStr
 
+from api.schemas.base import ApiRequest
 from common.discovery import ModelType
 
 # The endpoints a batch may target, and the model type each needs.
@@ -38,7 +39,7 @@ STAMP = {Status.IN_PROGRESS: "in_progress_at", Status.FINALIZING: "finalizing_at
          Status.CANCELLING: "cancelling_at", Status.CANCELLED: "cancelled_at"}
 
 
-class CreateBatchRequest(BaseModel):
+class CreateBatchRequest(ApiRequest):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: StrictStr = Field(min_length=1)

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from api.schemas.base import INT32_MAX
 from api.schemas.sampling import SamplingRequest
 from api.streaming import Choice
 from common.errors import InvalidRequest
@@ -52,7 +53,7 @@ class ChatCompletionRequest(SamplingRequest):
     id_prefix: ClassVar[str] = "chatcmpl"
 
     messages: list[ChatMessage]
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None

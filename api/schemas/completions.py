@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from itertools import accumulate
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
+from api.schemas.base import INT32_MAX, check_token_ids
 from api.schemas.sampling import SamplingRequest
 from api.streaming import Choice
 from common.errors import InvalidRequest
 
-PromptInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+PromptInput = StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
 LEGACY_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
 
@@ -22,7 +24,7 @@ class CompletionRequest(SamplingRequest):
     logprobs: StrictInt | None = Field(None, ge=0, le=5)
     echo: StrictBool = False
     suffix: StrictStr | None = None
-    best_of: StrictInt | None = Field(None, ge=1)
+    best_of: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
 
     def check(self, max_n: int) -> None:
         super().check(max_n)
@@ -43,6 +45,10 @@ class CompletionRequest(SamplingRequest):
         if raw and isinstance(raw[0], int):
             return [raw]
         return list(raw)
+
+    def check_vocabulary(self, vocab_size: int | None) -> None:
+        """Token-id prompts must be ids of the model's vocabulary."""
+        check_token_ids([p for p in self._prompt_list() if isinstance(p, list)], vocab_size, "prompt")
 
     def prompts(self) -> list[dict[str, Any]]:
         return [{"prompt": p} for p in self._prompt_list()]

@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import sys
 from array import array
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
+from api.schemas.base import INT32_MAX, ApiRequest, check_token_ids
 from common import keys
 from common.discovery import ModelType
 from common.errors import InvalidRequest
 from common.protocol import Job, new_request_id, now_ms
 
-EmbeddingInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+EmbeddingInput = StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
 
 
 def encode_vector(raw: bytes, encoding_format: str) -> list[float] | str:
@@ -28,13 +30,13 @@ def encode_vector(raw: bytes, encoding_format: str) -> list[float] | str:
     return values.tolist()
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(ApiRequest):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(None, ge=1)
+    dimensions: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     user: str | None = None
 
     def inputs(self, max_inputs: int) -> list[str] | list[list[int]]:
@@ -52,6 +54,12 @@ class EmbeddingRequest(BaseModel):
         if empty:
             raise InvalidRequest(f"input[{empty[0]}] is empty", param="input", code="empty_input")
         return items
+
+    def check_vocabulary(self, vocab_size: int | None) -> None:
+        """Token-id inputs must be ids of the model's vocabulary."""
+        if not isinstance(self.input, str) and self.input and not isinstance(self.input[0], str):
+            items = [self.input] if isinstance(self.input[0], int) else self.input
+            check_token_ids(items, vocab_size, "input")
 
     def to_job(self, max_inputs: int, timeout_s: float) -> Job:
         request_id = new_request_id("emb")

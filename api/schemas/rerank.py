@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
+from api.schemas.base import INT32_MAX, ApiRequest
 from common import keys
 from common.discovery import ModelType
 from common.errors import InvalidRequest
@@ -29,20 +30,20 @@ class TextDocument(BaseModel):
     text: StrictStr
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(ApiRequest):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, min_length=1)  # TEI clients send none: the only reranker served
     query: StrictStr
     documents: list[StrictStr | TextDocument] | None = None
     texts: list[StrictStr] | None = None  # TEI
-    top_n: StrictInt | None = Field(None, ge=0)  # 0 (vLLM) or above the count: every document
-    top_k: StrictInt | None = Field(None, ge=0)  # the seed's name for top_n
+    top_n: StrictInt | None = Field(None, ge=0, le=INT32_MAX)  # 0 (vLLM) or above the count: every document
+    top_k: StrictInt | None = Field(None, ge=0, le=INT32_MAX)  # the seed's name for top_n
     return_documents: StrictBool | None = None
     return_text: StrictBool = False  # TEI
     raw_scores: StrictBool = False  # TEI; logits instead of probabilities
     truncate: StrictBool | None = None  # TEI; false: a pair over the model's window is a 400
-    max_tokens_per_doc: StrictInt | None = Field(None, ge=1)  # Cohere v2
+    max_tokens_per_doc: StrictInt | None = Field(None, ge=1, le=INT32_MAX)  # Cohere v2
     max_chunks_per_doc: StrictInt | None = None  # Cohere v1; accepted, documents are never chunked
     instruction: StrictStr | None = None  # yes/no (Qwen3-Reranker style) models' instruction
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from api.schemas.base import INT32_MAX, SEED_MAX, SEED_MIN, ApiRequest
 from common import keys
 from common.discovery import ModelType
 from common.errors import InvalidRequest
@@ -23,17 +24,17 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class SamplingRequest(BaseModel):
+class SamplingRequest(ApiRequest):
     model_config = ConfigDict(extra="allow")
     id_prefix: ClassVar[str] = "cmpl"
 
     model: StrictStr = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
-    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    n: StrictInt = Field(1, ge=1)
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    n: StrictInt = Field(1, ge=1, le=INT32_MAX)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: StrictBool = False
@@ -54,6 +55,9 @@ class SamplingRequest(BaseModel):
         stops = self.stop_list()
         if len(stops) > MAX_STOP_SEQUENCES or any(not s for s in stops):
             raise InvalidRequest(f"'stop' takes 1 to {MAX_STOP_SEQUENCES} non-empty strings", param="stop")
+
+    def check_vocabulary(self, vocab_size: int | None) -> None:
+        """Token ids in the request must be ids of the model's vocabulary (see the subclasses)."""
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 from common.discovery import ModelType
 from common.errors import InvalidRequest
 from common.settings import Settings
-from worker.engines.base import Engine
+from worker.engines.base import Engine, hf_import
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ class ChatInputs:
     """The cheap half of a chat model: tokenizer, chat template and context length."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
-        from transformers import AutoTokenizer
+        AutoTokenizer = hf_import("AutoTokenizer")
 
         with (folder / "config.json").open(encoding="utf-8") as fh:
             config = json.load(fh)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.vocab_size = int(config.get("vocab_size") or len(self.tokenizer))
         window = config.get("max_position_embeddings") or config.get("n_positions") or 2048
         self.context_len = min(int(window), settings.vllm_max_model_len or int(window))
 
@@ -78,6 +80,10 @@ class ChatInputs:
                                                      return_dict=False)
             return [int(t) for t in ids]
         if isinstance(prompt, list):
+            bad = next((t for t in prompt if not 0 <= int(t) < self.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequest(f"prompt holds token id {bad}; this model's vocabulary is [0, {self.vocab_size})",
+                                     param="prompt", code="invalid_token_id")
             return [int(t) for t in prompt]
         return [int(t) for t in self.tokenizer(prompt or "")["input_ids"]]
 
@@ -92,6 +98,25 @@ class ChatInputs:
                 "Please reduce the length of the messages or completion.",
                 param="messages", code="context_length_exceeded")
         return requested if requested is not None else room
+
+
+def check_json_schema(spec: dict[str, Any] | None) -> None:
+    """A `json_schema` response format must be one the grammar backend (xgrammar, vLLM's structured outputs)
+    compiles: refuse it at admission with its message (400), not as an engine failure mid-request."""
+    schema = (spec or {}).get("schema")
+    if schema is None:
+        return
+    try:
+        import xgrammar
+    except ImportError:  # no vLLM here: the transformers engine refuses response_format anyway
+        return
+    try:
+        xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        reason = re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*", "", lines[0])  # xgrammar's "[time] file.cc:83: " prefix
+        raise InvalidRequest(f"response_format.json_schema.schema is not a schema the grammar backend accepts: "
+                             f"{reason}", param="response_format", code="invalid_json_schema") from exc
 
 
 class ChatEngine(Engine):

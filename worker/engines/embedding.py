@@ -18,6 +18,7 @@ from worker.engines.base import (
     ParksModule,
     compile_layers,
     from_pretrained,
+    hf_import,
     pick_device,
     pick_dtype,
     smallest_limit,
@@ -38,7 +39,7 @@ class EmbeddingInputs:
     """The cheap half of an embedding model: tokenizer, pooling recipe and limits (no weights)."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
-        from transformers import AutoTokenizer
+        AutoTokenizer = hf_import("AutoTokenizer")
 
         with (folder / "config.json").open(encoding="utf-8") as fh:
             self.config: dict[str, Any] = json.load(fh)
@@ -92,7 +93,7 @@ class EmbeddingEngine(ParksModule):
     model_type = ModelType.EMBEDDING
 
     def load(self) -> None:
-        from transformers import AutoModel
+        AutoModel = hf_import("AutoModel")
 
         self.inputs = EmbeddingInputs(Path(self.info.path), self.settings)
         self.device = pick_device(self.settings)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from common.errors import InvalidRequest
-from worker.engines.base import ParksModule, from_pretrained, pick_device
+from worker.engines.base import ParksModule, from_pretrained, hf_import, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams
 
 
@@ -47,7 +47,7 @@ class _Cancel:
 
 class TransformersChatEngine(ParksModule, ChatEngine):
     def load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        AutoModelForCausalLM, AutoTokenizer = hf_import("AutoModelForCausalLM", "AutoTokenizer")
 
         self.device = pick_device(self.settings)
         dtype = torch.float32 if self.device == "cpu" else "auto"
@@ -71,7 +71,7 @@ class TransformersChatEngine(ParksModule, ChatEngine):
                                      param=name, code="unsupported_parameter")
 
     def _start(self, prompt: list[int], params: GenerationParams, streamer: _Streamer, cancel: _Cancel) -> None:
-        from transformers import StoppingCriteriaList
+        StoppingCriteriaList = hf_import("StoppingCriteriaList")
 
         sample = params.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": params.max_tokens}

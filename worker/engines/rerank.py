@@ -31,6 +31,7 @@ from common.settings import Settings
 from worker.engines.base import (
     ParksModule,
     from_pretrained,
+    hf_import,
     pick_device,
     pick_dtype,
     right_pad,
@@ -85,7 +86,7 @@ class RerankInputs:
     """The cheap half of a reranker: tokenizer, prompt format and limits (no weights)."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
-        from transformers import AutoTokenizer
+        AutoTokenizer = hf_import("AutoTokenizer")
 
         self.settings = settings
         self.config: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -219,7 +220,7 @@ class RerankEngine(ParksModule):
         if self.inputs.causal:
             self._load_yes_no(kwargs)
         else:
-            from transformers import AutoModelForSequenceClassification
+            AutoModelForSequenceClassification = hf_import("AutoModelForSequenceClassification")
 
             self.model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, self.device,
                                          self.placement, **kwargs)
@@ -227,7 +228,7 @@ class RerankEngine(ParksModule):
             self.activation = _activation(self.model.config)
 
     def _load_yes_no(self, kwargs: dict[str, Any]) -> None:
-        from transformers import AutoModelForCausalLM
+        AutoModelForCausalLM = hf_import("AutoModelForCausalLM")
 
         self.model = from_pretrained(AutoModelForCausalLM.from_pretrained, self.device, self.placement, **kwargs)
         tokenizer = self.inputs.tokenizer

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from common.discovery import ModelInfo
-from common.errors import EngineFailure
+from common.errors import EngineFailure, InvalidRequest
 from common.settings import Settings
-from worker.engines.base import pick_device
+from worker.engines.base import collect_garbage, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
 from worker.scheduler.planner import Placement, PlannerParams, plan_placements, vllm_start_check
 
@@ -106,7 +105,7 @@ class VllmChatEngine(ChatEngine):
     def unload(self) -> None:
         self.engine.shutdown()
         del self.engine
-        gc.collect()
+        collect_garbage()
 
     def running(self) -> int:
         return int(self.engine.get_num_unfinished_requests())
@@ -129,7 +128,13 @@ class VllmChatEngine(ChatEngine):
         stream = self.engine.generate({"prompt_token_ids": prompt}, self._sampling(params), request_id)
         finished = False
         try:
-            async for output in stream:
+            try:
+                first = await anext(stream)
+            except (ValueError, TypeError) as exc:  # vLLM's input checks: the request, not the server, is at fault
+                raise InvalidRequest(f"the engine refused the request: {exc}", code="invalid_request") from exc
+            except StopAsyncIteration:
+                return
+            async for output in _chain(first, stream):
                 for out in output.outputs:
                     finished = out.finish_reason is not None
                     logprobs = _logprobs(out, params.logprobs or 0)
@@ -137,6 +142,12 @@ class VllmChatEngine(ChatEngine):
         finally:
             if not finished:
                 await self.engine.abort(request_id)
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 def _finish(reason: str | None) -> str | None:
