@@ -24,9 +24,8 @@ from api.schemas.embeddings import EmbeddingRequest
 from api.schemas.rerank import RerankRequest
 from api.streaming import join_deltas
 from common import keys
-from common.discovery import ModelType
 from common.errors import EngineFailure, InvalidRequest, ServiceError, ValidationFailed
-from common.protocol import Job, Message, new_request_id
+from common.protocol import Job, Message, ModelType, new_request_id
 from common.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)

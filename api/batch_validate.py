@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from api.directory import ModelDirectory
-from common.discovery import ModelType
 from common.errors import InvalidRequest, ModelNotFound
+from common.protocol import ModelType
 
 MAX_ERRORS = 1000
 _REQUIRED = ("custom_id", "method", "url", "body")

@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from common import keys
-from common.discovery import ModelInfo, ModelType
+from common.discovery import ModelInfo
 from common.errors import InvalidRequest, ModelNotFound, Unavailable
+from common.protocol import ModelType
 
 CACHE_S = 1.0
 

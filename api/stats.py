@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import keys
-from common.discovery import ModelType
+from common.protocol import ModelType
 
 WINDOW_S = 60
 

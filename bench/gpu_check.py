@@ -38,7 +38,8 @@ import torch
 from bench import gpu_models as gm  # first: it stands in for what is missing
 from bench.gpu_scheduler import _with
 from bench.util import RESULTS, machine, output_path, write_json
-from common.discovery import Catalog, ModelInfo, ModelType, scan_models
+from common.discovery import Catalog, ModelInfo, scan_models
+from common.protocol import ModelType
 from worker.engines.base import Engine
 from worker.models import ModelManager, make_engine
 from worker.scheduling import Scheduler

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from bench.gpu_timing import Plan, sync
-from common.discovery import Catalog, ModelInfo, ModelType
+from common.discovery import Catalog, ModelInfo
+from common.protocol import ModelType
 from worker.models import ModelManager
 from worker.scheduling import Scheduler
 

@@ -12,16 +12,10 @@ import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-
-class ModelType(StrEnum):
-    CHAT = "chat"
-    EMBEDDING = "embedding"
-    RERANKER = "reranker"
-
+from common.protocol import ModelType
 
 OVERRIDE_FILE = "llm-interface.json"
 CONFIG_FILE = "config.json"
@@ -165,20 +159,6 @@ def _is_inside(path: Path, root: Path) -> bool:
     return path != root and path.is_relative_to(root)
 
 
-def resolve_model_path(models_dir: str | Path, model_id: str) -> Path | None:
-    """Resolved folder of ``model_id``, or None when unsafe, missing or outside ``models_dir``."""
-    if not is_safe_model_id(model_id):
-        return None
-    try:
-        root = Path(models_dir).resolve(strict=True)
-        resolved = (root / model_id).resolve(strict=True)
-        if not resolved.is_dir() or not _is_inside(resolved, root):
-            return None
-    except (OSError, RuntimeError):
-        return None
-    return resolved
-
-
 def _read_json(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -250,13 +230,6 @@ def _detect_from_config(name: str, folder: Path, config: dict[str, Any]) -> Mode
     raise DiscoveryError(
         f"cannot tell the model type from architectures {archs}; add {OVERRIDE_FILE} with a type"
     )
-
-
-def detect_type(folder: Path, config: dict[str, Any]) -> ModelType:
-    """Type of the model in ``folder``; raises DiscoveryError when it cannot tell."""
-    folder = Path(folder)
-    override_type, _ = _read_override(folder)
-    return override_type or _detect_from_config(folder.name, folder, config)
 
 
 def _has_chat_template(folder: Path) -> bool:

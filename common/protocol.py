@@ -29,6 +29,14 @@ class WireError(ValueError):
     """A message that is not valid for this wire version."""
 
 
+class ModelType(StrEnum):
+    """What a model folder serves; also the name of its job stream (`llm:jobs:{type}`)."""
+
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+
+
 class MessageKind(StrEnum):
     RESULT = "result"  # final payload of a non-streaming job
     DELTA = "delta"  # one streamed chunk (chat tokens)

@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --test
-.venv/bin/ruff check api worker common tests bench
+.venv/bin/ruff check api worker common cli tests bench
 .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"

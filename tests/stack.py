@@ -98,7 +98,7 @@ class Stack:
     def _spawn(self, role: str, name: str) -> subprocess.Popen[bytes]:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = (self.logdir / f"{name}.log").open("ab")
-        return subprocess.Popen([sys.executable, "-m", "common.cli", role], env=self.env(), cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "cli", role], env=self.env(), cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT)
 
     def start_worker(self) -> subprocess.Popen[bytes]:

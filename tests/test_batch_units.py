@@ -16,7 +16,7 @@ from api.batch_validate import scan_input
 from api.filestore import FileStore
 from api.schemas.batches import BatchState, Status
 from api.uploads import receive_upload
-from common.batch_watch import render
+from cli.batch_watch import render
 from common.errors import InvalidRequest, PayloadTooLarge
 from common.protocol import Job, Message, MessageKind
 from common.settings import Settings

@@ -217,13 +217,13 @@ def test_batch_objects_errors_and_pagination(client: OpenAI, tmp_path: Path) -> 
 
 def test_cli_watch_shows_the_progress_bar(client: OpenAI, stack: Stack, tmp_path: Path) -> None:
     batch = start_batch(client, write_lines(tmp_path / "in.jsonl", embedding_lines(50, QWEN_EMB)))
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "batch", "watch", batch.id,
+    proc = subprocess.run([sys.executable, "-m", "cli", "batch", "watch", batch.id,
                            "--base-url", stack.base_url], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **stack.env()})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()
     assert any("[" + "#" * 40 + "] 50/50" in line and "completed" in line for line in last)
     assert f"output_file_id {client.batches.retrieve(batch.id).output_file_id}" in proc.stdout
-    unknown = subprocess.run([sys.executable, "-m", "common.cli", "batch", "watch", "batch_nope",
+    unknown = subprocess.run([sys.executable, "-m", "cli", "batch", "watch", "batch_nope",
                               "--base-url", stack.base_url], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "404" in unknown.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +13,13 @@ import pytest
 from common.discovery import (
     OVERRIDE_FILE,
     Catalog,
-    DiscoveryError,
     DiscoveryProblem,
     LoadPolicy,
     ModelInfo,
-    ModelType,
-    detect_type,
     is_safe_model_id,
-    resolve_model_path,
     scan_models,
 )
+from common.protocol import ModelType
 
 CAUSAL = {"architectures": ["Qwen3ForCausalLM"], "torch_dtype": "bfloat16", "max_position_embeddings": 4096}
 BERT = {"architectures": ["BertModel"], "torch_dtype": "float32", "max_position_embeddings": 512}
@@ -122,19 +120,18 @@ def test_type_detection(
     expected_type: ModelType,
     expected_template: bool,
 ) -> None:
-    folder = make_model(tmp_path, name, config, files)
+    make_model(tmp_path, name, config, files)
     info = only_model(tmp_path)
     assert info.id == name
     assert info.type is expected_type
     assert info.has_chat_template is expected_template
-    assert detect_type(folder, config) is expected_type
 
 
-def test_detect_type_raises_for_unknown_architecture(tmp_path: Path) -> None:
-    config = {"architectures": ["T5ForConditionalGeneration"]}
-    folder = make_model(tmp_path, "t5", config)
-    with pytest.raises(DiscoveryError, match=r"T5ForConditionalGeneration.*llm-interface\.json"):
-        detect_type(folder, config)
+def test_an_unknown_architecture_is_a_problem_naming_the_override(tmp_path: Path) -> None:
+    make_model(tmp_path, "t5", {"architectures": ["T5ForConditionalGeneration"]})
+    catalog = scan_models(tmp_path)
+    assert not catalog.models
+    assert re.search(r"T5ForConditionalGeneration.*llm-interface\.json", problem_for(catalog, "t5").error)
 
 
 def test_not_a_reranker_without_name_or_flag(tmp_path: Path) -> None:
@@ -368,7 +365,6 @@ def test_symlinked_models_dir(tmp_path: Path) -> None:
     link.symlink_to(real, target_is_directory=True)
     info = only_model(link)
     assert info.path == str((real / "m").resolve())
-    assert resolve_model_path(link, "m") == (real / "m").resolve()
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -424,25 +420,8 @@ def test_problem_to_dict() -> None:
         ("nul\x00byte", False),
     ],
 )
-def test_is_safe_model_id(tmp_path: Path, model_id: str, safe: bool) -> None:
+def test_is_safe_model_id(model_id: str, safe: bool) -> None:
     assert is_safe_model_id(model_id) is safe
-    if not safe:
-        assert resolve_model_path(tmp_path, model_id) is None
-
-
-def test_resolve_model_path(tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    model = make_model(models, "ok-model", CAUSAL)
-    make_model(tmp_path, "etc", CAUSAL)
-    (models / "escape").symlink_to(tmp_path / "etc", target_is_directory=True)
-    (models / "alias").symlink_to(model, target_is_directory=True)
-    (models / "a-file").write_text("x")
-
-    assert resolve_model_path(models, "ok-model") == model.resolve()
-    assert resolve_model_path(str(models), "alias") == model.resolve()
-    for bad in ("../etc", "/etc", "..%2fetc", "a\\b", ".", "", "escape", "missing", "a-file"):
-        assert resolve_model_path(models, bad) is None, bad
-    assert resolve_model_path(tmp_path / "no-such-dir", "ok-model") is None
 
 
 def test_remote_code_and_pickle_only_folders_are_refused_unless_allowed(tmp_path: Path) -> None:

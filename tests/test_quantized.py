@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from common.discovery import ModelType, scan_models
+from common.discovery import scan_models
 from common.errors import EngineFailure
+from common.protocol import ModelType
 from common.settings import Settings
 from tests.model_factory import build_seed_shaped_dir, make_quantized_qwen25_7b
 from tests.stack import ROOT
@@ -70,7 +71,7 @@ def test_the_transformers_engines_refuse_quantized_checkpoints(tmp_path: Path) -
 
 def test_plan_on_the_seed_card_keeps_all_three_resident(seed_dir: Path) -> None:
     env = {"LLM_MODELS_DIR": str(seed_dir), "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, "-m", "common.cli", "plan", "--gpu-gb", "8"]
+    command = [sys.executable, "-m", "cli", "plan", "--gpu-gb", "8"]
     rows = json.loads(subprocess.run([*command, "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
                                      check=True).stdout)
     by_id = {row["id"]: row for row in rows}

@@ -190,7 +190,7 @@ def test_quickstart_in_a_fresh_virtualenv(tmp_path: Path) -> None:
             started.update(_descendants(proc_serve.pid))
             commands = [_cmdline(p) for p in started]
             assert any("valkey-server" in c for c in commands), commands  # no redis-server on PATH
-            assert sum("common.cli" in c for c in commands) >= 2, commands  # API and worker
+            assert sum("-m cli" in c for c in commands) >= 2, commands  # API and worker
 
             os.killpg(proc_serve.pid, signal.SIGINT)  # Ctrl-C in a terminal
             assert proc_serve.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-4000:]

@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from api.directory import ModelDirectory, Snapshot
 from api.limits import BodyLimit
 from api.schemas.rerank import RerankRequest
-from common.discovery import ModelInfo, ModelType
+from common.discovery import ModelInfo
 from common.errors import InvalidRequest
+from common.protocol import ModelType
 from tests.stack import Stack
 from tests.test_embeddings_errors import assert_envelope
 

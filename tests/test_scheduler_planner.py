@@ -8,7 +8,8 @@ import itertools
 
 import pytest
 
-from common.discovery import ModelInfo, ModelShape, ModelType
+from common.discovery import ModelInfo, ModelShape
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.scheduler.memory import ENGINE_CONTEXT_BYTES, KV_TOKENS_FLOOR, PlanError, plan_kv
 from worker.scheduler.planner import (

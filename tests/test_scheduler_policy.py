@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from common.discovery import ModelType
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.scheduler.interface import PolicyConfig, Refusal, RefusalCode
 from worker.scheduler.planner import GIB, Placement

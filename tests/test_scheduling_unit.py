@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.discovery import ModelType
 from common.errors import ModelNotFound
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.noop import NoopEngine
 from worker.models import ModelManager

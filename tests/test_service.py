@@ -41,7 +41,7 @@ def test_health_reports_ready_and_the_worker(stack: Stack) -> None:
 
 def test_cli_models_table(models_dir: Path) -> None:
     env = {**os.environ, "LLM_MODELS_DIR": str(models_dir)}
-    out = subprocess.run([sys.executable, "-m", "common.cli", "models"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "cli", "models"], env=env, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert re.search(r"all-minilm-l6-v2\s+embedding", out)
     assert re.search(r"tiny-qwen3-chat\s+chat", out)

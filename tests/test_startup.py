@@ -42,7 +42,7 @@ def _gone(pgid: int) -> bool:
 
 
 def test_serve_on_a_busy_port_exits_non_zero_with_nothing_left_running(busy_port: int, tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "serve"], env=_env(tmp_path, busy_port), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=_env(tmp_path, busy_port), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=10)
@@ -59,7 +59,7 @@ def test_the_api_alone_on_a_busy_port_exits_promptly(busy_port: int, tmp_path: P
                                                       redis_server: RedisServer) -> None:
     env = _env(tmp_path, busy_port, LLM_REDIS_URL=redis_server.url.rsplit("/", 1)[0] + "/3")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "common.cli", "api"], env=env, cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "api"], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode != 0 and "address already in use" in done.stderr
     assert time.monotonic() - started < 20  # not the 30 s graceful-shutdown limit, nor a hang

@@ -99,16 +99,16 @@ def test_status_page_and_docs(stack: Stack) -> None:
 def test_worker_health_command(stack: Stack) -> None:
     """The worker container's healthcheck: healthy while this host's worker heart-beats."""
     env = stack.env()
-    ok = subprocess.run([sys.executable, "-m", "common.cli", "worker-health"], env=env, cwd=ROOT,
+    ok = subprocess.run([sys.executable, "-m", "cli", "worker-health"], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "healthy" in ok.stdout
     env["LLM_WORKER_ID"] = "no-such-worker"
-    bad = subprocess.run([sys.executable, "-m", "common.cli", "worker-health"], env=env, cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "cli", "worker-health"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "unhealthy" in bad.stdout
     env.pop("LLM_WORKER_ID")
     env["LLM_REDIS_URL"] = "redis://127.0.0.1:1/0"
-    down = subprocess.run([sys.executable, "-m", "common.cli", "worker-health"], env=env, cwd=ROOT,
+    down = subprocess.run([sys.executable, "-m", "cli", "worker-health"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert down.returncode == 1 and "unreachable" in down.stdout

@@ -11,7 +11,8 @@ import msgpack
 from redis.asyncio import Redis
 
 from common import keys
-from common.discovery import ModelInfo, ModelType
+from common.discovery import ModelInfo
+from common.protocol import ModelType
 from common.settings import Settings
 from tests.stack import RedisServer
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams

@@ -14,10 +14,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from common.discovery import ModelType
 from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.logs import request_context
-from common.protocol import Message, MessageKind, now_ms
+from common.protocol import Message, MessageKind, ModelType, now_ms
 from common.settings import Settings
 from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_json_schema
 from worker.handler import Handler

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from common.discovery import ModelType
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.batched import BatchedHandler, batch_tokens
 from worker.batcher import BatchQueue, Item, Pending

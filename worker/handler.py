@@ -6,7 +6,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from common.discovery import ModelType
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.models import ModelManager
 from worker.scheduling import Scheduler

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.discovery import Catalog, ModelInfo, ModelType, scan_models
+from common.discovery import Catalog, ModelInfo, scan_models
 from common.errors import EngineFailure, InvalidRequest, ModelNotFound, ServiceError
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import TRANSFORMERS_IMPORT, Engine
 from worker.scheduler.planner import ChatEngineKind, Placement

@@ -17,9 +17,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from common import keys
-from common.discovery import ModelType
 from common.errors import EngineFailure, Unavailable
-from common.protocol import DATA_FIELD, Job, Message, WireError
+from common.protocol import DATA_FIELD, Job, Message, ModelType, WireError
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.discovery import ModelType
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.batched import BatchedHandler, batch_tokens
 from worker.batcher import BatchQueue, Item, Pending

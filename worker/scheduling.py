@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from common.discovery import ModelType
 from common.errors import EngineFailure, ModelNotFound, ServiceError
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import Engine, settle_heap
 from worker.models import ModelManager, make_engine

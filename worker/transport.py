@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from common import keys
-from common.discovery import Catalog, ModelType
-from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Job, Message, WireError, now_ms
+from common.discovery import Catalog
+from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Job, Message, ModelType, WireError, now_ms
 
 log = logging.getLogger(__name__)
 

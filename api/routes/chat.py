@@ -10,7 +10,7 @@ from api.schemas.completions import CompletionFormat, CompletionRequest
 from api.schemas.sampling import SamplingRequest
 from api.services import Services, ServicesDep
 from api.streaming import Format, respond
-from common.discovery import ModelType
+from common.protocol import ModelType
 
 router = APIRouter(tags=["chat"])
 

@@ -7,7 +7,7 @@ from api.responses import JSONBytes
 from api.schemas.embeddings import EmbeddingRequest
 from api.services import ServicesDep
 from api.streaming import until_disconnected
-from common.discovery import ModelType
+from common.protocol import ModelType
 
 router = APIRouter(tags=["embeddings"])
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from api.responses import JSONBytes
 from api.schemas.rerank import RerankRequest
 from api.services import Services, ServicesDep
-from common.discovery import ModelType
+from common.protocol import ModelType
 
 router = APIRouter(tags=["rerank"])
 

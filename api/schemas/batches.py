@@ -10,7 +10,7 @@ import orjson
 from pydantic import ConfigDict, Field, StrictStr
 
 from api.schemas.base import ApiRequest
-from common.discovery import ModelType
+from common.protocol import ModelType
 
 # The endpoints a batch may target, and the model type each needs.
 ENDPOINTS: dict[str, ModelType] = {

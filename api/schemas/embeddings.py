@@ -11,9 +11,8 @@ from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
 from api.schemas.base import INT32_MAX, ApiRequest, check_token_ids
 from common import keys
-from common.discovery import ModelType
 from common.errors import InvalidRequest
-from common.protocol import Job, new_request_id, now_ms
+from common.protocol import Job, ModelType, new_request_id, now_ms
 
 TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 EmbeddingInput = StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]

@@ -14,9 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from api.schemas.base import INT32_MAX, ApiRequest
 from common import keys
-from common.discovery import ModelType
 from common.errors import InvalidRequest
-from common.protocol import Job, new_request_id, now_ms
+from common.protocol import Job, ModelType, new_request_id, now_ms
 
 # Cohere bills one search unit per query and up to 100 documents.
 DOCUMENTS_PER_SEARCH_UNIT = 100

@@ -12,9 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from api.schemas.base import INT32_MAX, SEED_MAX, SEED_MIN, ApiRequest
 from common import keys
-from common.discovery import ModelType
 from common.errors import InvalidRequest
-from common.protocol import Job, new_request_id, now_ms
+from common.protocol import Job, ModelType, new_request_id, now_ms
 
 MAX_STOP_SEQUENCES = 16
 IGNORED_PARAMETERS = frozenset({"store", "metadata", "service_tier", "stream_options"})

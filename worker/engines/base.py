@@ -10,7 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from common.discovery import ModelInfo, ModelType
+from common.discovery import ModelInfo
+from common.protocol import ModelType
 from common.settings import Settings
 
 if TYPE_CHECKING:

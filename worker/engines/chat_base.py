@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.discovery import ModelType
 from common.errors import InvalidRequest
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import Engine, hf_import
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.discovery import ModelType
 from common.errors import InvalidRequest
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import (
     ParksModule,

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.discovery import CAUSAL_LM_SUFFIXES, ModelType, read_options
+from common.discovery import CAUSAL_LM_SUFFIXES, read_options
 from common.errors import InvalidRequest
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import (
     ParksModule,

@@ -11,7 +11,7 @@ import copy
 from collections import Counter
 from dataclasses import dataclass, field
 
-from common.discovery import ModelType
+from common.protocol import ModelType
 from worker.scheduler.planner import Placement
 
 

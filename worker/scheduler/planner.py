@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from common.discovery import ModelInfo, ModelType
+from common.discovery import ModelInfo
+from common.protocol import ModelType
 from common.settings import Settings
 from worker.scheduler.memory import (
     CUDA_GRAPH_BYTES,
