@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api import errors, stats
+from api import errors
 from api.auth import BearerAuth
-from api.batch_service import BatchService
+from api.batches import routes as batches
+from api.batches.service import BatchService
 from api.limits import BodyLimit
-from api.metrics import MeasureRequests, Metrics, RequestLog
-from api.routes import admin, batches, chat, embeddings, files, health, models, rerank, status
+from api.metrics import Metrics
+from api.observe import Observe, RequestCounter
+from api.routes import admin, chat, embeddings, health, models, rerank, status
 from api.services import Services
 from common.settings import Settings
 
@@ -22,11 +24,11 @@ UPLOAD_PATHS = ("/v1/files",)  # multipart uploads: their own limit, LLM_BATCH_M
 
 
 class App(FastAPI):
-    """FastAPI with `RequestLog` around the whole stack: `add_middleware` would put it inside Starlette's
-    ServerErrorMiddleware, whose 500s would then lack the request id header and the access line."""
+    """FastAPI with `Observe` around the whole stack: `add_middleware` would put it inside Starlette's
+    ServerErrorMiddleware, whose 500s would then lack the request id header, the counts and the access line."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestLog(super().build_middleware_stack())
+        return Observe(super().build_middleware_stack(), self.state.metrics, self.state.request_counter)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,13 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.close()
 
     app = App(title="Local LLM Interface", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = Metrics()
+    app.state.request_counter = RequestCounter()
     errors.install(app)
-    stats.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=UPLOAD_PATHS)
     app.add_middleware(BearerAuth, settings=settings)
     app.add_middleware(errors.CatchAll)  # outside the others: a fault anywhere is a 500, the connection kept
-    app.state.metrics = Metrics()
-    app.add_middleware(MeasureRequests, metrics=app.state.metrics)  # outermost: counts 401s and 413s too
-    for module in (chat, embeddings, models, health, status, rerank, files, batches, admin):
+    for module in (chat, embeddings, models, health, status, rerank, batches, admin):
         app.include_router(module.router)
     return app

@@ -39,7 +39,7 @@ class Dispatcher:
 
     async def submit(self, job: Job) -> str:
         """Append the job (429 past the queue limit, 503 when Redis is away); its stream entry id.
-        A job without a request id gets the current HTTP request's (set by `RequestLog`)."""
+        A job without a request id gets the current HTTP request's (set by `api.observe.Observe`)."""
         if job.request_id is None and (request_id := request_id_var.get()) is not None:
             job = dataclasses.replace(job, request_id=request_id)
         try:

@@ -1,26 +1,16 @@
-"""Prometheus metrics: per API process (requests, latency, time to first token, tokens), plus what
-Redis and the workers' heartbeats say at scrape time (queue depth and oldest wait per model type,
-model loads, reclaimed and dead-lettered jobs, running sequences). And `RequestLog`: the request id
-(`X-Request-ID`) and one access log line per request.
+"""Prometheus metrics: per API process (requests, latency, time to first token, tokens; counted by
+`api.observe.Observe` and the inference routes), plus what Redis and the workers' heartbeats say at scrape
+time (queue depth and oldest wait per model type, model loads, reclaimed and dead-lettered jobs, running
+sequences).
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.stats import queue_stats
-from common.logs import request_context
-from common.protocol import new_request_id
-
-access_log = logging.getLogger("api.access")
-REQUEST_ID_HEADER = b"x-request-id"
-_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+from api.queue_stats import queue_stats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -55,66 +45,3 @@ class Metrics:
             for name, value in worker.get("stats", {}).items():
                 self.worker.labels(worker["id"], name).set(value)
         return bytes(generate_latest(self.registry))
-
-
-class MeasureRequests:
-    """ASGI middleware: count every answered request by route template and status, and time it."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-
-        async def measured_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                route = getattr(scope.get("route"), "path", "unmatched")
-                self.metrics.requests.labels(scope["method"], route, str(message["status"])).inc()
-                self.metrics.latency.labels(route).observe(time.perf_counter() - start)
-            await send(message)
-
-        await self.app(scope, receive, measured_send)
-
-
-def request_id_of(scope: Scope) -> str:
-    """The client's `X-Request-ID` when it is sane (<= 128 chars of [A-Za-z0-9._:-]), else a new id."""
-    sent = next((value for name, value in scope.get("headers") or [] if name.lower() == REQUEST_ID_HEADER), b"")
-    return sent.decode() if _SANE_REQUEST_ID.fullmatch(sent) else new_request_id("req")
-
-
-class RequestLog:
-    """ASGI middleware, outside all others (see `api.app.App`): gives each request its id (in the log
-    context for everything downstream, the job included, and in every response's `X-Request-ID`) and
-    logs one access line when the response is over."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = request_id_of(scope)
-        start = time.perf_counter()
-        status = 500  # if no response starts (an error that escapes every handler)
-
-        async def tagged_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
-                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
-            await send(message)
-
-        with request_context(request_id):
-            try:
-                await self.app(scope, receive, tagged_send)
-            finally:
-                duration_ms = round((time.perf_counter() - start) * 1000, 1)
-                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, duration_ms,
-                                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "duration_ms": duration_ms})

@@ -18,7 +18,7 @@ def _run_api(settings: Settings) -> None:
     setup_logging(settings)
     logging.getLogger("arq").setLevel(logging.WARNING)  # not a line per batch cron run (every 2 s); failures stay
     # SIGTERM: stop accepting, let open requests and streams finish for up to 30 s, then close.
-    # Uvicorn's loggers go through ours (log_config=None); its access log is off: `RequestLog` writes one.
+    # Uvicorn's loggers go through ours (log_config=None); its access log is off: `api.observe.Observe` writes one.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=30)
 

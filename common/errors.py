@@ -66,6 +66,14 @@ class ValidationFailed(ServiceError):
     default_code = "validation_error"
 
 
+class CallerGone(ServiceError):
+    """The caller hung up before its answer (nginx's 499): its job was cancelled; nobody reads this answer."""
+
+    status = 499
+    err_type = "client_closed_request"
+    default_code = "client_disconnected"
+
+
 class Overloaded(ServiceError):
     status = 429
     err_type = "rate_limit_error"

@@ -1,6 +1,6 @@
 """Logging for both processes: text or JSON lines, each stamped with the request id when one is known.
 
-The API sets the request id per HTTP request (`api/metrics.py`, `RequestLog`); it travels in the job
+The API sets the request id per HTTP request (`api/observe.py`, `Observe`); it travels in the job
 (`Job.request_id`) and the worker wraps each job's handling in `request_context(job.request_id)`, so
 one grep for the id finds the request's lines in both processes.
 """

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     admin_api_keys: str = Field("", description="Comma-separated keys for /admin/ routes.")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Request body size of JSON endpoints.")
     debug_slow_on: str | None = Field(
-        None, description="Tests only: chat jobs containing this take their deltas 20 ms apart (disconnect drills).")
+        None, description="Tests only: jobs containing this take their deltas (or micro-batches) 20 ms apart.")
     debug_oom_tokens: int = Field(
         0, ge=0, description="Fault injection (drill 12): a batch over this many padded tokens raises out of memory.")
     debug_crash_on: str | None = Field(None, description="Tests only: the worker exits on a job containing this.")

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from api.batch_lines import Embeddings, Line, Rerank, error_line, read_at, read_lines, unfinished_line
-from api.batch_runner import truncate_to, write_at
-from api.batch_store import line_done
-from api.batch_validate import scan_input
-from api.filestore import FileStore
-from api.schemas.batches import BatchState, Status
-from api.uploads import receive_upload
+from api.batches.files import FileStore
+from api.batches.lines import Embeddings, Line, Rerank, error_line, read_at, read_lines, unfinished_line
+from api.batches.runner import truncate_to, write_at
+from api.batches.schemas import BatchState, Status
+from api.batches.store import line_done
+from api.batches.uploads import receive_upload
+from api.batches.validate import scan_input
 from cli.batch_watch import render
 from common.errors import InvalidRequest, PayloadTooLarge
 from common.protocol import Job, Message, MessageKind

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from sentence_transformers import CrossEncoder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.stack import Stack
+from tests.stack import SLOW_MARKER, Stack, wait_until
 
 BERT = "tiny-bert-reranker"
 QWEN = "tiny-qwen3-reranker"
@@ -235,3 +237,22 @@ def test_concurrent_requests_share_batches_and_each_get_their_own_scores(stack: 
     for (query, docs), body in zip(jobs, asyncio.run(run()), strict=True):
         expected = reference.predict([(query, d) for d in docs])
         assert np.abs(np.array(scores_by_index(body["results"])) - expected).max() <= 1e-5
+
+
+def test_a_rerank_caller_who_hangs_up_cancels_the_job(stack: Stack) -> None:
+    """Every inference route cancels its job when its caller leaves (rerank used not to): the worker drops the
+    job's remaining pairs."""
+    def stats() -> dict[str, Any]:
+        worker: Any = stack.health()["workers"][0]
+        return dict(worker["stats"])
+
+    before = stats().get("reranker_dropped", 0)
+    body = json.dumps({"model": "tiny-bert-reranker", "query": SLOW_MARKER,
+                       "documents": [f"document number {i} " * 20 for i in range(500)]}).encode()
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /v1/rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: stats().get("reranker_jobs", 0) >= 1, 30, "the rerank job admitted")
+    wait_until(lambda: stats().get("reranker_dropped", 0) > before, 20, "the job dropped after the hang-up")
+    wait_until(lambda: stats().get("reranker_jobs", 0) == 0, 10, "the worker free")

@@ -9,7 +9,8 @@ import sys
 import httpx
 from redis.asyncio import Redis
 
-from api.stats import RequestCounter, queue_stats
+from api.observe import RequestCounter
+from api.queue_stats import queue_stats
 from common import keys
 from tests.stack import ROOT, RedisServer, Stack, wait_until
 

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 BATCH_S = 0.05  # engine time of one micro-batch: what any job waits behind at most
 POLL_S = 0.2  # jobs waiting for their model are checked this often for a gone caller or a passed deadline
-DROP_POLL_S = 0.05  # between batches, gone callers and passed deadlines are looked up at most this often
+DROP_POLL_S = 0.05
+SLOW_S = 0.02  # LLM_DEBUG_SLOW_ON: a matching job's batches this much apart, so a test can hang up mid-job  # between batches, gone callers and passed deadlines are looked up at most this often
 
 
 class BatchedHandler(Handler):
@@ -112,6 +113,8 @@ class BatchedHandler(Handler):
             await self.transport.reply(delivery, Message.error(exc))
             return
         pending.batch = keys.is_batch_stream(delivery.stream)
+        slow_on = self.settings.debug_slow_on
+        pending.slow = bool(slow_on) and slow_on in repr(delivery.job.payload)  # fault injection, tests only
         self._deliveries[delivery.job.id] = delivery
         with request_context(delivery.job.request_id):  # its wait for the model logs with its request id
             self._awaiting[delivery.job.id] = (pending, asyncio.create_task(self._await_model(pending)))
@@ -152,6 +155,9 @@ class BatchedHandler(Handler):
             return
         started = time.perf_counter()
         await self._run_batch(engine, batch)
+        if any(it.pending.slow for it in batch):
+            await asyncio.sleep(SLOW_S)
+            return  # not a measure of the engine's speed
         self._pace(model, len(batch) * max(len(it.seq) for it in batch), time.perf_counter() - started)
 
     def _pace(self, model: str, padded_tokens: int, seconds: float) -> None:

@@ -34,6 +34,7 @@ class Pending:
     results: list[Any] = field(default_factory=list)
     remaining: int = 0
     batch: bool = False  # from the batch lane: served only while no interactive job waits
+    slow: bool = False  # LLM_DEBUG_SLOW_ON matched (tests): each of its batches takes SLOW_S longer
     todo: list[int] = field(default_factory=list)  # sequences not yet handed out, shortest first
 
     def __post_init__(self) -> None:

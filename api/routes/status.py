@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from redis.exceptions import RedisError
 
-from api import stats
+from api.queue_stats import queue_stats
 from api.responses import JSONBytes
 from api.services import ServicesDep
 from common.discovery import ModelInfo
@@ -37,10 +37,10 @@ async def status_page() -> HTMLResponse:
 async def status(request: Request, services: ServicesDep) -> JSONBytes:
     """Models (type, size, state, placement, memory), job queues per model type, live workers, and the
     requests this API process answered in the last minute."""
-    throughput = stats.counter(request.app).summary()
+    throughput = request.app.state.request_counter.summary()
     try:
         snap = await services.directory.snapshot()
-        queues = await stats.queue_stats(services.redis)
+        queues = await queue_stats(services.redis)
     except Unavailable as exc:
         return JSONBytes({"ready": False, "error": exc.message, "throughput": throughput}, status_code=503)
     except (RedisError, OSError) as exc:

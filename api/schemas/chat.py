@@ -6,9 +6,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from api.deltas import Choice
 from api.schemas.base import INT32_MAX
 from api.schemas.sampling import SamplingRequest
-from api.streaming import Choice
 from common.errors import InvalidRequest
 
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
+from api.deltas import Choice
 from api.schemas.base import INT32_MAX, check_token_ids
 from api.schemas.sampling import SamplingRequest
-from api.streaming import Choice
 from common.errors import InvalidRequest
 
 TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]

@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from api.schemas.batches import FINAL, STAMP, BatchState, Status
+from api.batches.schemas import FINAL, STAMP, BatchState, Status
 from common import keys
 from common.errors import NotFound
 from common.protocol import DATA_FIELD, Job, now_ms

@@ -20,11 +20,11 @@ from fastapi import Depends, Request
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
-from api.batch_jobs import BatchQueue, dumps, loads, make_worker, supervise
-from api.batch_runner import BatchEnv
-from api.batch_store import BatchStore, new_batch_id
-from api.filestore import FileStore
-from api.schemas.batches import BatchState, CreateBatchRequest, Status
+from api.batches.files import FileStore
+from api.batches.lifecycle import LifecycleQueue, dumps, loads, make_worker, supervise
+from api.batches.runner import BatchEnv
+from api.batches.schemas import BatchState, CreateBatchRequest, Status
+from api.batches.store import BatchStore, new_batch_id
 from api.services import Services
 from common import keys
 from common.errors import InvalidRequest, Unavailable
@@ -50,7 +50,7 @@ class BatchService:
         self.store = BatchStore(services.redis)
         self.env = BatchEnv(settings, services.redis, self.store, self.files, services.directory)
         pool = ConnectionPool.from_url(settings.effective_redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
-        self.queue = BatchQueue(ArqRedis(pool, job_serializer=dumps, job_deserializer=loads,
+        self.queue = LifecycleQueue(ArqRedis(pool, job_serializer=dumps, job_deserializer=loads,
                                          default_queue_name=keys.ARQ_QUEUE))
         self.worker = make_worker(self.env, self.queue)
         self._task: asyncio.Task[None] | None = None

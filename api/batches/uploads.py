@@ -18,7 +18,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from api.filestore import FileMeta, FileStore
+from api.batches.files import FileMeta, FileStore
 from common.errors import InvalidRequest, PayloadTooLarge
 
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file's own bytes

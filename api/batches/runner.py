@@ -26,7 +26,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.batch_lines import (
+from api.batches.files import FileStore, derived_file_id
+from api.batches.lines import (
     ENDPOINT_CLASSES,
     Endpoint,
     Line,
@@ -36,10 +37,9 @@ from api.batch_lines import (
     read_lines,
     unfinished_line,
 )
-from api.batch_store import BatchStore, Commit, Lease, line_done
+from api.batches.schemas import BatchState, Status
+from api.batches.store import BatchStore, Commit, Lease, line_done
 from api.directory import ModelDirectory
-from api.filestore import FileStore, derived_file_id
-from api.schemas.batches import BatchState, Status
 from common import keys
 from common.errors import EngineFailure, ServiceError, from_wire
 from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Message, MessageKind, WireError

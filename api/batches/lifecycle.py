@@ -35,10 +35,10 @@ from arq.jobs import ResultNotFound
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from api.batch_runner import BatchEnv, Driver
-from api.batch_store import Lease, LeaseLost
-from api.batch_validate import all_errors, check_models, scan_input
-from api.schemas.batches import Status
+from api.batches.runner import BatchEnv, Driver
+from api.batches.schemas import Status
+from api.batches.store import Lease, LeaseLost
+from api.batches.validate import all_errors, check_models, scan_input
 from common import keys
 from common.errors import Unavailable
 
@@ -60,7 +60,7 @@ def loads(data: bytes) -> dict[str, Any]:
     return obj
 
 
-class BatchQueue:
+class LifecycleQueue:
     """Enqueue and abort the lifecycle jobs (deterministic job ids make every call idempotent)."""
 
     def __init__(self, pool: ArqRedis) -> None:
@@ -115,7 +115,7 @@ async def _leased(ctx: dict[str, Any], batch_id: str, work: Callable[[Lease], Co
 
 async def validate_batch(ctx: dict[str, Any], batch_id: str) -> None:
     env: BatchEnv = ctx["env"]
-    queue: BatchQueue = ctx["queue"]
+    queue: LifecycleQueue = ctx["queue"]
 
     async def work(lease: Lease) -> None:
         state = await env.store.require(batch_id)
@@ -145,7 +145,7 @@ async def validate_batch(ctx: dict[str, Any], batch_id: str) -> None:
 
 async def run_batch(ctx: dict[str, Any], batch_id: str) -> None:
     env: BatchEnv = ctx["env"]
-    queue: BatchQueue = ctx["queue"]
+    queue: LifecycleQueue = ctx["queue"]
     outcome = "stopped"
 
     async def work(lease: Lease) -> None:
@@ -163,7 +163,7 @@ async def run_batch(ctx: dict[str, Any], batch_id: str) -> None:
 
 async def finalize_batch(ctx: dict[str, Any], batch_id: str) -> None:
     env: BatchEnv = ctx["env"]
-    queue: BatchQueue = ctx["queue"]
+    queue: LifecycleQueue = ctx["queue"]
 
     async def work(lease: Lease) -> None:
         state = await env.store.require(batch_id)
@@ -202,7 +202,7 @@ def _ending(status: Status) -> tuple[Status, str]:
 async def sweep_batches(ctx: dict[str, Any]) -> None:
     """Expire batches past their window; make sure every active batch has the job it needs."""
     env: BatchEnv = ctx["env"]
-    queue: BatchQueue = ctx["queue"]
+    queue: LifecycleQueue = ctx["queue"]
     for batch_id in await env.store.active():
         state = await env.store.get(batch_id)
         if state is None or state.final:
@@ -221,7 +221,7 @@ async def sweep_batches(ctx: dict[str, Any]) -> None:
             await queue.finalize(batch_id)
 
 
-def make_worker(env: BatchEnv, queue: BatchQueue) -> Worker:
+def make_worker(env: BatchEnv, queue: LifecycleQueue) -> Worker:
     return Worker(
         functions=[func(validate_batch, timeout=JOB_TIMEOUT_S, max_tries=FOREVER),
                    func(run_batch, timeout=SLICE_S + 40, max_tries=FOREVER),

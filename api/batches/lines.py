@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from api.deltas import join_deltas
 from api.schemas.chat import ChatCompletionRequest, ChatFormat
 from api.schemas.embeddings import EmbeddingRequest
 from api.schemas.rerank import RerankRequest
-from api.streaming import join_deltas
 from common import keys
 from common.errors import EngineFailure, InvalidRequest, ServiceError, ValidationFailed
 from common.protocol import Job, Message, ModelType, new_request_id
