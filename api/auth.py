@@ -14,6 +14,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
+from common.errors import AuthenticationFailed, PermissionDenied, ServiceError
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,25 +48,22 @@ class BearerAuth:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        status, message = problem
-        response = error_response(status, message, "authentication_error" if status == 401 else "permission_error",
-                                  "invalid_api_key" if status == 401 else "forbidden",
-                                  headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
-        await response(scope, receive, send)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(problem, AuthenticationFailed) else None
+        await error_response(problem, headers)(scope, receive, send)
 
-    def _check(self, scope: Scope) -> tuple[int, str] | None:
+    def _check(self, scope: Scope) -> ServiceError | None:
         admin = scope["path"].startswith(ADMIN_PREFIXES)
         if admin and not self.admin_keys:
-            return None if not self.api_keys else (403, "admin routes need LLM_ADMIN_API_KEYS to be set")
+            return None if not self.api_keys else PermissionDenied("admin routes need LLM_ADMIN_API_KEYS to be set")
         if not admin and not self.api_keys:
             return None
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
-            return 401, "missing API key: send 'Authorization: Bearer <key>'"
+            return AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
         token = token.strip()
         if _matches(token, self.admin_keys if admin else self.api_keys + self.admin_keys):
             return None
         if admin and _matches(token, self.api_keys):
-            return 403, "this key may not use admin routes (they need one of LLM_ADMIN_API_KEYS)"
-        return 401, "invalid API key"
+            return PermissionDenied("this key may not use admin routes (they need one of LLM_ADMIN_API_KEYS)")
+        return AuthenticationFailed("invalid API key")

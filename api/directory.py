@@ -81,10 +81,7 @@ class ModelDirectory:
             if not snap.workers:
                 raise Unavailable("no worker is running: no models are available yet")
             raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
-        if info.type is not model_type:
-            raise InvalidRequest(
-                f"'{model_id}' is a {info.type} model; this endpoint needs a {model_type} model",
-                param="model", code="wrong_model_type")
+        info.check_type(model_type)
         return info
 
     async def default_model(self, model_type: ModelType) -> str:

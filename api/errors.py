@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -12,47 +11,49 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.errors import Overloaded, ServiceError
+from common.errors import (
+    EngineFailure,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    ServiceError,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str, err_type: str, code: str | None = None,
-                   param: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or None
+def error_response(exc: ServiceError, headers: dict[str, str] | None = None) -> Response:
+    """The error's status and OpenAI envelope (`ServiceError.body`); 429s say when to retry."""
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": "1", **(headers or {})}
+    return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json", headers=headers)
 
 
 async def _service_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    headers = {"Retry-After": "1"} if isinstance(exc, Overloaded) else None
-    return error_response(exc.status, exc.message, exc.err_type, exc.code, exc.param, headers)
+    return error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    param = _loc_to_param(tuple(first.get("loc", ())))
-    message = "; ".join(f"{_loc_to_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}"
-                        for e in errors[:5])
-    return error_response(422, message, "invalid_request_error", "validation_error", param)
+    return error_response(ValidationFailed.from_errors(exc.errors()))
+
+
+_BY_HTTP_STATUS: dict[int, type[ServiceError]] = {404: NotFound, 405: MethodNotAllowed}
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
+    """Starlette's and FastAPI's own (an unknown path, a wrong method, an unreadable body) in the same envelope;
+    any other status they raise is answered as a 400."""
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code,
-                          headers=getattr(exc, "headers", None))
+    error = _BY_HTTP_STATUS.get(exc.status_code, InvalidRequest)(str(exc.detail))
+    return error_response(error, headers=getattr(exc, "headers", None))
 
 
 def _internal_error() -> Response:
-    return error_response(500, "internal server error", "server_error", "internal_error")
+    return error_response(EngineFailure("internal server error", code="internal_error"))
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:

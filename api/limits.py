@@ -47,5 +47,4 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes")
-        response = error_response(exc.status, exc.message, exc.err_type, exc.code, headers={"Connection": "close"})
-        await response(scope, receive, send)
+        await error_response(exc, headers={"Connection": "close"})(scope, receive, send)

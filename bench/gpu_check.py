@@ -41,8 +41,9 @@ from bench.util import RESULTS, machine, output_path, write_json
 from common.discovery import Catalog, ModelInfo, scan_models
 from common.protocol import ModelType
 from worker.engines.base import Engine
-from worker.models import ModelManager, make_engine
-from worker.scheduling import Scheduler
+from worker.engines.registry import make_engine
+from worker.models import ModelManager
+from worker.scheduler import Scheduler
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## GPU check of the memory plan"

@@ -33,7 +33,7 @@ _SETTINGS_DEFAULTS: dict[str, Any] = {
     "embedding_max_batch_size": 256, "rerank_batch_tokens": None, "rerank_max_batch_size": 128,
     "rerank_max_tokens_per_doc": 8192, "vllm_max_model_len": None, "chat_engine": "transformers",
     "chat_max_n": 16, "model_cache_size": 1, "models_dir": Path("models"),
-    # the scheduler's (worker/scheduling.py, worker/scheduler/)
+    # the scheduler's (worker/scheduler.py, worker/policy/)
     "cpu_cache_gb": 8.0, "auto_unload_models": True, "model_idle_ttl_s": 300.0, "switch_starvation_s": 30.0,
     "load_retry_backoff_s": 30.0, "pinned_model_ids": (), "gpu_memory_utilization": 0.9,
     "available_gpu_memory_gb": None, "enable_gpu_memory_offload": True, "gpu_memory_offload_threshold_gb": 4.0,

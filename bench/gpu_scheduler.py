@@ -20,7 +20,7 @@ from bench.gpu_timing import Plan, sync
 from common.discovery import Catalog, ModelInfo
 from common.protocol import ModelType
 from worker.models import ModelManager
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 
 SHORT = [[5] * 16, [6] * 32]
 

@@ -15,12 +15,12 @@ import torch
 from bench import gpu_models as gm  # first: it stands in for what is missing (see install_fallbacks)
 from bench.gpu_timing import Plan, compare, drop_page_cache, random_ids, sync, timed
 from common.discovery import ModelInfo
-from worker.batcher import plan_batches
-from worker.engines.base import Engine, right_pad
+from worker.engines.base import Engine, pad_batch
 from worker.engines.chat_base import GenerationParams
 from worker.engines.embedding import EmbeddingEngine
 from worker.engines.hf_chat import TransformersChatEngine
 from worker.engines.rerank import RerankEngine
+from worker.microbatch import plan_batches
 
 
 def rerank_pairs(plan: Plan, engine: RerankEngine) -> list[tuple[list[int], int]]:
@@ -47,13 +47,13 @@ def rerank_section(plan: Plan, info: ModelInfo, settings: Any) -> dict[str, Any]
     sorted_b = [[pairs[i] for i in b] for b in plan_batches(lengths, plan.budget_tokens, plan.max_items)]
     naive_b = [pairs[i:i + plan.rerank_naive_batch] for i in range(0, len(pairs), plan.rerank_naive_batch)]
     result = compare(plan, engine.score, sorted_b, naive_b, sum(lengths))
-    pad_ms = 1000 * timed("cpu", lambda: [right_pad([s for s, _ in b], engine.inputs.pad_id) for b in sorted_b])
+    pad_ms = 1000 * timed("cpu", lambda: [pad_batch([s for s, _ in b], engine.inputs.pad_id, "cpu") for b in sorted_b])
     best_sorted = min(result["sorted_s"])
     result.update(load_s=round(load_s, 2), pairs=len(pairs), parameters=gm.parameters(engine.model),
                   sorted_pairs_per_s=round(len(pairs) / best_sorted),
                   naive_pairs_per_s=round(len(pairs) / min(result["naive_s"])),
-                  host_right_pad_ms_per_sorted_pass=round(pad_ms),
-                  host_right_pad_share_of_sorted_pass=round(pad_ms / 1000 / best_sorted, 3))
+                  host_pad_ms_per_sorted_pass=round(pad_ms),
+                  host_pad_share_of_sorted_pass=round(pad_ms / 1000 / best_sorted, 3))
     engine.unload()
     return result
 

@@ -1,4 +1,4 @@
-"""Model switching through the worker's scheduler (worker/scheduling.py, policy in worker/scheduler/):
+"""Model switching through the worker's scheduler (worker/scheduler.py, policy in worker/policy/):
 
 1. cold switch: the latency of a request to a model that is not resident, with no CPU cache
    (`LLM_CPU_CACHE_GB=0`: evict, load from disk, serve), against a raw transformers load of the same

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import InvalidRequest
 from common.protocol import ModelType
 
 OVERRIDE_FILE = "llm-interface.json"
@@ -76,6 +77,12 @@ class ModelInfo:
     options: dict[str, Any] = field(default_factory=dict)
     quantization: str | None = None  # config.json's quantization_config.quant_method (awq, gptq, fp8, ...)
     shape: ModelShape | None = None
+
+    def check_type(self, model_type: ModelType) -> None:
+        """A 400 `wrong_model_type` when a request for a `model_type` endpoint names this model."""
+        if self.type is not model_type:
+            raise InvalidRequest(f"'{self.id}' is a {self.type} model; this endpoint needs a {model_type} model",
+                                 param="model", code="wrong_model_type")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)  # deep copies options
@@ -159,7 +166,8 @@ def _is_inside(path: Path, root: Path) -> bool:
     return path != root and path.is_relative_to(root)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file of a model folder (a DiscoveryError naming it when it is not UTF-8 or not JSON)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -171,7 +179,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DiscoveryError(f"{path.name} must contain a JSON object, not {type(data).__name__}")
     return data

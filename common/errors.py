@@ -7,6 +7,7 @@ them back as an error message carrying the same fields.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -59,11 +60,32 @@ class PayloadTooLarge(ServiceError):
 
 
 class ValidationFailed(ServiceError):
-    """A body of the wrong shape (what FastAPI answers with 422), found outside a route: batch lines."""
+    """A body of the wrong shape: 422, as FastAPI's validation of a route's body or a batch line's."""
 
     status = 422
     err_type = "invalid_request_error"
     default_code = "validation_error"
+
+    @classmethod
+    def from_errors(cls, errors: Sequence[Mapping[str, Any]]) -> ValidationFailed:
+        """From pydantic's error list: the first five `field: problem` and the first field as `param`."""
+        locs = [".".join(str(p) for p in e.get("loc", ()) if p != "body") for e in errors]
+        message = "; ".join(f"{loc or 'body'}: {e.get('msg')}" for loc, e in zip(locs, errors[:5], strict=False))
+        return cls(message or "invalid request", param=locs[0] or None if locs else None)
+
+
+class PermissionDenied(ServiceError):
+    """A known key that may not use this route."""
+
+    status = 403
+    err_type = "permission_error"
+    default_code = "forbidden"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    err_type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class CallerGone(ServiceError):

@@ -28,7 +28,7 @@ CANCEL_PREFIX = PREFIX + "cancel:"
 WORKERS_SET = PREFIX + "workers"
 WORKER_PREFIX = PREFIX + "worker:"
 
-# Batch API (api/batch_*.py). Each job stream has a lower-priority lane, `llm:jobs:{type}:batch`, read
+# Batch API (api/batches/). Each job stream has a lower-priority lane, `llm:jobs:{type}:batch`, read
 # through the same consumer group only while no interactive job waits.
 ADMIN_STREAM = PREFIX + "admin"  # admin commands (load, unload) every worker reads, without a group
 ADMIN_STREAM_MAXLEN = 1_000

@@ -169,13 +169,13 @@ async def test_upload_streams_to_the_store_within_limits(tmp_path: Path) -> None
 
 
 def test_rounds_serve_interactive_jobs_before_batch_jobs() -> None:
-    from worker.batcher import BatchQueue, Pending
+    from worker.microbatch import MicroBatchQueue, Pending
 
     def pending(job_id: str, created_ms: int, batch: bool) -> Pending:
         job = Job(id=job_id, kind="embedding", model="m", reply_to="", payload={}, created_ms=created_ms)
         return Pending(job, "0-1", [[1, 2, 3]], batch=batch)
 
-    queue = BatchQueue(budget_tokens=1000, max_items=100)
+    queue = MicroBatchQueue(budget_tokens=1000, max_items=100)
     queue.add(pending("old-batch", 1, True))
     queue.add(pending("new-interactive", 2, False))
     first = queue.next_batch()
@@ -186,9 +186,9 @@ def test_rounds_serve_interactive_jobs_before_batch_jobs() -> None:
 
 
 def test_batch_lane_batches_are_cut_to_the_paced_size() -> None:
-    from worker.batcher import BatchQueue, Pending
+    from worker.microbatch import MicroBatchQueue, Pending
 
-    queue = BatchQueue(budget_tokens=1000, max_items=100)
+    queue = MicroBatchQueue(budget_tokens=1000, max_items=100)
     for i in range(3):
         job = Job(id=f"b{i}", kind="embedding", model="m", reply_to="", payload={}, created_ms=i)
         queue.add(Pending(job, "0-1", [[1]] * 3, batch=True))
@@ -200,9 +200,9 @@ def test_batch_lane_batches_are_cut_to_the_paced_size() -> None:
 
 
 def test_a_large_batch_job_spans_batches() -> None:
-    from worker.batcher import BatchQueue, Pending
+    from worker.microbatch import MicroBatchQueue, Pending
 
-    queue = BatchQueue(budget_tokens=1000, max_items=100)
+    queue = MicroBatchQueue(budget_tokens=1000, max_items=100)
     job = Job(id="big", kind="embedding", model="m", reply_to="", payload={}, created_ms=0)
     queue.add(Pending(job, "0-1", [[1]] * 5, batch=True))
     queue.paced_tokens["m"] = 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.protocol import Job
-from worker.batcher import BatchQueue, Pending, plan_batches
+from worker.microbatch import MicroBatchQueue, Pending, plan_batches
 
 
 def job(job_id: str, model: str, created_ms: int) -> Job:
@@ -26,7 +26,7 @@ def test_max_items_caps_a_batch() -> None:
     assert [len(b) for b in plan_batches([1] * 10, budget_tokens=10_000, max_items=4)] == [4, 4, 2]
 
 
-def drain(queue: BatchQueue) -> list[tuple[str, list[tuple[str, int]]]]:
+def drain(queue: MicroBatchQueue) -> list[tuple[str, list[tuple[str, int]]]]:
     """Every batch the queue hands out, in order: (model, [(job id, sequence index), ...])."""
     out = []
     while (picked := queue.next_batch()) is not None:
@@ -35,7 +35,7 @@ def drain(queue: BatchQueue) -> list[tuple[str, list[tuple[str, int]]]]:
 
 
 def test_batches_serve_the_oldest_model_first_and_everything_waiting_for_it() -> None:
-    queue = BatchQueue(budget_tokens=1000, max_items=64)
+    queue = MicroBatchQueue(budget_tokens=1000, max_items=64)
     queue.add(Pending(job("b1", "B", 2), "1-0", [[1, 2, 3]]))
     queue.add(Pending(job("a1", "A", 1), "1-1", [[1] * 5, [1]]))
     queue.add(Pending(job("a2", "A", 3), "1-2", [[1, 1]]))
@@ -47,7 +47,7 @@ def test_batches_serve_the_oldest_model_first_and_everything_waiting_for_it() ->
 
 
 def test_a_small_job_behind_a_huge_one_is_in_the_next_batch() -> None:
-    queue = BatchQueue(budget_tokens=64, max_items=64)
+    queue = MicroBatchQueue(budget_tokens=64, max_items=64)
     queue.paced_tokens["A"] = 64  # measured: the whole budget is about a tenth of a second
     queue.add(Pending(job("huge", "A", 1), "1-0", [[7] * 8 for _ in range(2048)]))
     first = queue.next_batch()
@@ -58,7 +58,7 @@ def test_a_small_job_behind_a_huge_one_is_in_the_next_batch() -> None:
 
 
 def test_two_big_jobs_take_turns() -> None:
-    queue = BatchQueue(budget_tokens=32, max_items=64)
+    queue = MicroBatchQueue(budget_tokens=32, max_items=64)
     queue.paced_tokens["A"] = 32
     queue.add(Pending(job("x", "A", 1), "1-0", [[1] * 8 for _ in range(16)]))
     queue.add(Pending(job("y", "A", 2), "1-1", [[1] * 8 for _ in range(16)]))
@@ -67,14 +67,14 @@ def test_two_big_jobs_take_turns() -> None:
 
 
 def test_a_model_not_measured_yet_starts_at_a_quarter_of_the_budget() -> None:
-    queue = BatchQueue(budget_tokens=400, max_items=64)
+    queue = MicroBatchQueue(budget_tokens=400, max_items=64)
     queue.add(Pending(job("a", "A", 1), "1-0", [[1] * 10 for _ in range(40)]))
     first = queue.next_batch()
     assert first is not None and len(first[1]) == 10  # 100 padded tokens
 
 
 def test_the_paced_budget_caps_every_batch() -> None:
-    queue = BatchQueue(budget_tokens=1000, max_items=64)
+    queue = MicroBatchQueue(budget_tokens=1000, max_items=64)
     queue.add(Pending(job("a", "A", 1), "1-0", [[1] * 10 for _ in range(20)]))
     queue.paced_tokens["A"] = 30
     assert all(len(items) * 10 <= 30 for _, items in drain(queue))
@@ -89,7 +89,7 @@ def test_pending_completes_when_every_sequence_is_filled() -> None:
 
 
 def test_drop_removes_gone_jobs() -> None:
-    queue = BatchQueue(100, 8)
+    queue = MicroBatchQueue(100, 8)
     queue.add(Pending(job("keep", "A", 0), "1", [[1]]))
     queue.add(Pending(job("gone", "A", 0), "2", [[1]]))
     dropped = queue.drop(lambda p: p.job.id == "gone")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.batcher import MAX_PADDING, plan_batches
+from worker.microbatch import MAX_PADDING, plan_batches
 
 
 def padded(lengths: list[int], batch: list[int]) -> int:

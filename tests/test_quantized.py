@@ -17,8 +17,8 @@ from common.protocol import ModelType
 from common.settings import Settings
 from tests.model_factory import build_seed_shaped_dir, make_quantized_qwen25_7b
 from tests.stack import ROOT
-from worker.models import make_engine
-from worker.scheduler.planner import GIB, GpuInfo, PlannerParams, plan_placements
+from worker.engines.registry import make_engine
+from worker.policy.planner import GIB, GpuInfo, PlannerParams, plan_placements
 
 
 @pytest.fixture(scope="module")

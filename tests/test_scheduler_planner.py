@@ -11,8 +11,8 @@ import pytest
 from common.discovery import ModelInfo, ModelShape
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.scheduler.memory import ENGINE_CONTEXT_BYTES, KV_TOKENS_FLOOR, PlanError, plan_kv
-from worker.scheduler.planner import (
+from worker.policy.memory import ENGINE_CONTEXT_BYTES, KV_TOKENS_FLOOR, PlanError, plan_kv
+from worker.policy.planner import (
     GIB,
     MIN_GPU_SHARE,
     GpuInfo,

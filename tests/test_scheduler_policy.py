@@ -10,10 +10,10 @@ import pytest
 
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.scheduler.interface import PolicyConfig, Refusal, RefusalCode
-from worker.scheduler.planner import GIB, Placement
-from worker.scheduler.policy import Policy
-from worker.scheduler.states import ModelState
+from worker.policy.interface import PolicyConfig, Refusal, RefusalCode
+from worker.policy.planner import GIB, Placement
+from worker.policy.policy import Policy
+from worker.policy.states import ModelState
 
 S = ModelState
 CHAT, EMB, RR = ModelType.CHAT, ModelType.EMBEDDING, ModelType.RERANKER

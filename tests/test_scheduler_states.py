@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from worker.scheduler.states import (
+from worker.policy.states import (
     ALLOWED,
     MAX_BACKOFF_FACTOR,
     InvalidTransition,
@@ -33,7 +33,7 @@ def test_a_load_park_and_warm_reload_cycle_is_counted_and_logged(caplog: pytest.
     events: list[tuple[str, ModelState, ModelState, str]] = []
     table = StateTable(retry_backoff_s=10.0, listener=lambda *e: events.append(e))
     table.add("m", now=0.0)
-    caplog.set_level(logging.INFO, logger="worker.scheduler.states")
+    caplog.set_level(logging.INFO, logger="worker.policy.states")
     for step, to in enumerate([S.LOADING, S.LOADED, S.UNLOADING, S.PARKED, S.LOADING, S.LOADED]):
         table.move("m", to, now=float(step), reason="test")
     assert table.state("m") is S.LOADED and table.record("m").since == 5.0

@@ -1,4 +1,4 @@
-"""The worker's Scheduler (worker/scheduling.py) in-process: the real policy, real engine objects (the
+"""The worker's Scheduler (worker/scheduler.py) in-process: the real policy, real engine objects (the
 weightless no-op embedding engine), no Redis. What glues the policy to jobs and engines: grants, grouping,
 parking and waking, refusals, a parked copy that fails to wake, cancelled waiters."""
 
@@ -15,7 +15,7 @@ from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.noop import NoopEngine
 from worker.models import ModelManager
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 
 EMB = ModelType.EMBEDDING
 

@@ -16,7 +16,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from common import keys
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

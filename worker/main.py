@@ -23,14 +23,14 @@ from common import keys
 from common.logs import setup_logging
 from common.settings import Settings
 from worker.admin import AdminCommands
-from worker.chat import ChatHandler
-from worker.embed import EmbeddingHandler
 from worker.engines.base import settle_heap
-from worker.handler import Handler
+from worker.handlers.base import Handler
+from worker.handlers.chat import ChatHandler
+from worker.handlers.embedding import EmbeddingHandler
+from worker.handlers.rerank import RerankHandler
 from worker.models import ModelManager
 from worker.reclaim import HEARTBEAT_TTL_BEATS, Reclaimer
-from worker.rerank import RerankHandler
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport, default_worker_id
 
 log = logging.getLogger(__name__)

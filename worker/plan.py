@@ -14,8 +14,8 @@ from typing import Any
 from common.discovery import scan_models
 from common.settings import Settings
 from worker.models import ModelManager
-from worker.scheduler.planner import GIB, GpuInfo, PlannerParams, gpu_budget_bytes, plan_placements, vllm_start_check
-from worker.scheduling import device_memory
+from worker.policy.planner import GIB, GpuInfo, PlannerParams, gpu_budget_bytes, plan_placements, vllm_start_check
+from worker.scheduler import device_memory
 
 
 def plan_report(settings: Settings, gpu_gb: float | None = None) -> dict[str, Any]:

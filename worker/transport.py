@@ -23,7 +23,7 @@ from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Job, Message, ModelType, 
 log = logging.getLogger(__name__)
 
 # Batch-lane jobs a worker holds at once, per model type: enough to keep the engine busy (one being served,
-# one ready; rounds of batch work are cut to a fraction of a second anyway: worker/batched.py), few enough
+# one ready; rounds of batch work are cut to a fraction of a second anyway: worker/handlers/batched.py), few enough
 # to leave the rest in Redis for other workers and to keep a restart's redo small.
 BATCH_JOBS_HELD = {str(ModelType.CHAT): 32}
 DEFAULT_BATCH_JOBS_HELD = 2

@@ -22,7 +22,6 @@ import orjson
 from common.errors import InvalidRequest, NotFound
 
 FILE_ID = re.compile(r"file-[0-9a-f]{32}")
-PURPOSES = ("batch", "batch_output")
 
 
 def new_file_id() -> str:

@@ -115,10 +115,7 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        errors = exc.errors()
-        locs = [".".join(str(p) for p in e.get("loc", ())) for e in errors]
-        message = "; ".join(f"{loc or 'body'}: {e.get('msg')}" for loc, e in zip(locs, errors[:5], strict=False))
-        raise ValidationFailed(message, param=locs[0] if locs else None) from exc
+        raise ValidationFailed.from_errors(exc.errors()) from exc
 
 
 # --- endpoints ---

@@ -1,5 +1,5 @@
 """The Batch API's side of an API process: the file store, batch state, and the arq worker that runs the
-batch lifecycle (api/batch_jobs.py) in this process's event loop. Routes reach it through `BatchDep`.
+batch lifecycle (api/batches/lifecycle.py) in this process's event loop. Routes reach it through `BatchDep`.
 
 Why inside the API: batches need the files (uploaded here, on the data volume) and only I/O (file
 reads, Redis), never the GPU; every API replica runs the same worker, and arq's job ids and the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from worker.engines.base import (
     compile_layers,
     from_pretrained,
     hf_import,
+    pad_batch,
     pick_device,
     pick_dtype,
     smallest_limit,
@@ -123,19 +123,6 @@ class EmbeddingEngine(ParksModule):
         if spec.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
         return vectors.cpu().numpy()
-
-
-def pad_batch(batch: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`right_pad`'s token ids and mask (long), built with numpy instead of a tensor per row (about 20 times
-    faster on a 64k-token batch), then moved to `device` (from pinned memory, without blocking, on CUDA)."""
-    lengths = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
-    present = np.arange(int(lengths.max())) < lengths[:, None]
-    ids = np.full(present.shape, pad_id, dtype=np.int64)
-    ids[present] = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.int64, count=int(lengths.sum()))
-    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(present.astype(np.int64))
-    if device.startswith("cuda"):
-        return ids_t.pin_memory().to(device, non_blocking=True), mask_t.pin_memory().to(device, non_blocking=True)
-    return ids_t.to(device), mask_t.to(device)
 
 
 def shape_vector(vector: np.ndarray, dimensions: int | None) -> bytes:

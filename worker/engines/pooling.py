@@ -8,13 +8,13 @@ Folders without sentence-transformers files: mean pooling for encoders, last tok
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from common.discovery import read_json
 from common.errors import InvalidRequest
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len_tokens", "lasttoken")
@@ -38,11 +38,6 @@ class PoolingSpec:
     chat_format: bool = False  # sentence-transformers 6 "message" modality: render text as a user turn
 
 
-def _read_json(path: Path) -> Any:
-    with path.open(encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def _modes_from_config(cfg: dict[str, Any]) -> tuple[str, ...]:
     if "pooling_mode" in cfg:
         raw = cfg["pooling_mode"]
@@ -58,7 +53,7 @@ def _modes_from_config(cfg: dict[str, Any]) -> tuple[str, ...]:
 def read_spec(folder: Path, is_decoder: bool) -> PoolingSpec:
     """The pooling recipe for a model folder (sentence-transformers config or a default)."""
     st_cfg_path = folder / "sentence_bert_config.json"
-    st_cfg: dict[str, Any] = _read_json(st_cfg_path) if st_cfg_path.exists() else {}
+    st_cfg: dict[str, Any] = read_json(st_cfg_path) if st_cfg_path.exists() else {}
     max_len = st_cfg.get("max_seq_length")
     lowercase = bool(st_cfg.get("do_lower_case", False))
     chat_format = "message" in (st_cfg.get("modality_config") or {})
@@ -67,18 +62,18 @@ def read_spec(folder: Path, is_decoder: bool) -> PoolingSpec:
         return PoolingSpec(folder, ("lasttoken",) if is_decoder else ("mean",), False, max_len, lowercase)
     transformer_dir, normalize = folder, False
     modes: tuple[str, ...] = ("mean",)
-    for module in _read_json(modules_path):
+    for module in read_json(modules_path):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         sub = folder / str(module.get("path", ""))
         if kind == "Transformer":
             transformer_dir = sub
             inner = sub / "sentence_bert_config.json"
             if sub != folder and inner.exists():
-                cfg = _read_json(inner)
+                cfg = read_json(inner)
                 max_len = cfg.get("max_seq_length", max_len)
                 lowercase = bool(cfg.get("do_lower_case", lowercase))
         elif kind == "Pooling":
-            modes = _modes_from_config(_read_json(sub / "config.json"))
+            modes = _modes_from_config(read_json(sub / "config.json"))
         elif kind == "Normalize":
             normalize = True
         else:

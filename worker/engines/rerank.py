@@ -33,9 +33,9 @@ from worker.engines.base import (
     ParksModule,
     from_pretrained,
     hf_import,
+    pad_batch,
     pick_device,
     pick_dtype,
-    right_pad,
     smallest_limit,
 )
 from worker.engines.embedding import CHARS_PER_TOKEN_CAP
@@ -258,8 +258,7 @@ class RerankEngine(ParksModule):
     @torch.inference_mode()
     def score(self, batch: list[tuple[list[int], int]]) -> np.ndarray:
         """float32 [pairs, 2]: per (token ids, type-0 length) pair, its score and its raw score."""
-        ids, mask = right_pad([seq for seq, _ in batch], self.inputs.pad_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = pad_batch([seq for seq, _ in batch], self.inputs.pad_id, self.device)
         if self.inputs.causal:
             out = self._yes_no_scores(ids, mask)
         else:

@@ -12,7 +12,7 @@ from common.errors import EngineFailure, InvalidRequest
 from common.settings import Settings
 from worker.engines.base import collect_garbage, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
-from worker.scheduler.planner import Placement, PlannerParams, plan_placements, vllm_start_check
+from worker.policy.planner import Placement, PlannerParams, plan_placements, vllm_start_check
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from common.discovery import ModelInfo
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.scheduler.memory import (
+from worker.policy.memory import (
     CUDA_GRAPH_BYTES,
     DTYPE_BYTES,
     ENGINE_CONTEXT_BYTES,

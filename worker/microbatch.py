@@ -89,7 +89,7 @@ def plan_batches(lengths: list[int], budget_tokens: int, max_items: int,
     return batches
 
 
-class BatchQueue:
+class MicroBatchQueue:
     WINDOW = 4  # sequences looked at per batch: this many batches' worth (at most max_items each)
 
     def __init__(self, budget_tokens: int, max_items: int) -> None:

@@ -29,9 +29,6 @@ class JobBook:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._model_of
 
-    def model_of(self, job_id: str) -> str | None:
-        return self._model_of.get(job_id)
-
     def add(self, job_id: str, model_id: str, since: float) -> None:
         self._model_of[job_id] = model_id
         self._waiting.setdefault(model_id, {})[job_id] = since

@@ -7,8 +7,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from common.settings import Settings
-from worker.scheduler.planner import GIB, Placement
-from worker.scheduler.states import ModelState
+from worker.policy.planner import GIB, Placement
+from worker.policy.states import ModelState
 
 
 @dataclass(frozen=True)

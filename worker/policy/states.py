@@ -37,9 +37,6 @@ ALLOWED: Mapping[ModelState, frozenset[ModelState]] = {
     S.FAILED: frozenset({S.LOADING, S.AVAILABLE}),  # AVAILABLE: forgotten (e.g. the folder changed)
 }
 
-# Which states hold GPU (or, without a GPU, main) memory for a model's placement.
-RESIDENT = frozenset({S.LOADING, S.LOADED, S.UNLOADING})
-
 
 class InvalidTransition(ValueError):
     """A transition that :data:`ALLOWED` does not list: a bug in the caller."""

@@ -1,4 +1,4 @@
-"""The worker's model scheduler: the pure Policy (worker/scheduler/) driven with real engines and jobs.
+"""The worker's model scheduler: the pure Policy (worker/policy/) driven with real engines and jobs.
 
 Handlers ask for their job's model (`acquire`: returns the engine once the policy grants the job),
 run the job, and say when it is done (`release`). The policy decides what to load, park, unload and
@@ -20,10 +20,11 @@ from common.errors import EngineFailure, ModelNotFound, ServiceError
 from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import Engine, settle_heap
-from worker.models import ModelManager, make_engine
-from worker.scheduler.interface import PolicyConfig, Refusal, RefusalCode
-from worker.scheduler.planner import GpuInfo, Placement, PlannerParams, gpu_budget_bytes, plan_placements
-from worker.scheduler.policy import Policy
+from worker.engines.registry import make_engine
+from worker.models import ModelManager
+from worker.policy.interface import PolicyConfig, Refusal, RefusalCode
+from worker.policy.planner import GpuInfo, Placement, PlannerParams, gpu_budget_bytes, plan_placements
+from worker.policy.policy import Policy
 
 log = logging.getLogger(__name__)
 

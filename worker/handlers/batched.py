@@ -22,25 +22,25 @@ from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
-from worker.batcher import BatchQueue, Item, Pending
 from worker.engines.base import Engine, free_memory
-from worker.handler import Handler
+from worker.handlers.base import Handler
+from worker.microbatch import Item, MicroBatchQueue, Pending
 from worker.models import ModelManager
-from worker.scheduler.planner import default_batch_tokens
-from worker.scheduling import Scheduler
+from worker.policy.planner import default_batch_tokens
+from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
 
 BATCH_S = 0.05  # engine time of one micro-batch: what any job waits behind at most
 POLL_S = 0.2  # jobs waiting for their model are checked this often for a gone caller or a passed deadline
-DROP_POLL_S = 0.05
-SLOW_S = 0.02  # LLM_DEBUG_SLOW_ON: a matching job's batches this much apart, so a test can hang up mid-job  # between batches, gone callers and passed deadlines are looked up at most this often
+DROP_POLL_S = 0.05  # between batches, gone callers and passed deadlines are looked up at most this often
+SLOW_S = 0.02  # LLM_DEBUG_SLOW_ON: a matching job's batches this much apart, so a test can hang up mid-job
 
 
 class BatchedHandler(Handler):
     def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler, transport: WorkerTransport,
-                 queue: BatchQueue, max_waiting: int) -> None:
+                 queue: MicroBatchQueue, max_waiting: int) -> None:
         super().__init__(settings, models, scheduler, transport)
         self.queue = queue  # granted jobs: their model is resident and stays so until they are released
         self.max_waiting = max_waiting
@@ -114,7 +114,7 @@ class BatchedHandler(Handler):
             return
         pending.batch = keys.is_batch_stream(delivery.stream)
         slow_on = self.settings.debug_slow_on
-        pending.slow = bool(slow_on) and slow_on in repr(delivery.job.payload)  # fault injection, tests only
+        pending.slow = slow_on is not None and slow_on in repr(delivery.job.payload)  # fault injection, tests only
         self._deliveries[delivery.job.id] = delivery
         with request_context(delivery.job.request_id):  # its wait for the model logs with its request id
             self._awaiting[delivery.job.id] = (pending, asyncio.create_task(self._await_model(pending)))
@@ -139,7 +139,7 @@ class BatchedHandler(Handler):
         return self._deliveries.pop(job_id, None)
 
     async def serve_batch(self) -> None:
-        """One micro-batch: whoever's turn it is (see worker/batcher.py), after dropping the jobs whose caller
+        """One micro-batch: whoever's turn it is (see worker/microbatch.py), after dropping the jobs whose caller
         has gone or whose deadline passed."""
         now = time.monotonic()
         if now - self._last_drop >= DROP_POLL_S:

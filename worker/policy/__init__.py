@@ -3,10 +3,10 @@
 Nothing here imports torch or redis or needs an event loop; the worker drives it (see DESIGN.md).
 """
 
-from worker.scheduler.interface import Effects, ModelStatus, PolicyConfig, Refusal, RefusalCode
-from worker.scheduler.planner import Placement, PlannerParams, gpu_budget_bytes, plan_placements
-from worker.scheduler.policy import Policy
-from worker.scheduler.states import ALLOWED, InvalidTransition, ModelState, StateTable
+from worker.policy.interface import Effects, ModelStatus, PolicyConfig, Refusal, RefusalCode
+from worker.policy.planner import Placement, PlannerParams, gpu_budget_bytes, plan_placements
+from worker.policy.policy import Policy
+from worker.policy.states import ALLOWED, InvalidTransition, ModelState, StateTable
 
 __all__ = [
     "ALLOWED",

@@ -8,12 +8,12 @@ from typing import Any
 
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.batched import BatchedHandler, batch_tokens
-from worker.batcher import BatchQueue, Item, Pending
 from worker.engines.base import Engine
 from worker.engines.rerank import RerankEngine, RerankInputs
+from worker.handlers.batched import BatchedHandler, batch_tokens
+from worker.microbatch import Item, MicroBatchQueue, Pending
 from worker.models import ModelManager
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 # Jobs admitted at once: a rerank job may carry up to LLM_RERANK_MAX_DOCUMENTS pairs.
@@ -30,7 +30,7 @@ class RerankHandler(BatchedHandler):
 
     def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
                  transport: WorkerTransport) -> None:
-        queue = BatchQueue(batch_tokens(settings.rerank_batch_tokens, scheduler), settings.rerank_max_batch_size)
+        queue = MicroBatchQueue(batch_tokens(settings.rerank_batch_tokens, scheduler), settings.rerank_max_batch_size)
         super().__init__(settings, models, scheduler, transport, queue, max_waiting=MAX_WAITING_JOBS)
 
     async def prepare(self, delivery: Delivery) -> Pending:

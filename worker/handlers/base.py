@@ -9,7 +9,7 @@ from typing import ClassVar
 from common.protocol import ModelType
 from common.settings import Settings
 from worker.models import ModelManager
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 

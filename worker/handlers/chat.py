@@ -19,9 +19,9 @@ from common.logs import request_context
 from common.protocol import Message, MessageKind, ModelType, now_ms
 from common.settings import Settings
 from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_json_schema
-from worker.handler import Handler
+from worker.handlers.base import Handler
 from worker.models import ModelManager
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)

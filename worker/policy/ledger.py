@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from common.protocol import ModelType
-from worker.scheduler.planner import Placement
+from worker.policy.planner import Placement
 
 
 @dataclass

@@ -7,12 +7,12 @@ from typing import Any
 
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.batched import BatchedHandler, batch_tokens
-from worker.batcher import BatchQueue, Item, Pending
 from worker.engines.base import Engine
 from worker.engines.embedding import EmbeddingEngine, shape_vector
+from worker.handlers.batched import BatchedHandler, batch_tokens
+from worker.microbatch import Item, MicroBatchQueue, Pending
 from worker.models import ModelManager
-from worker.scheduling import Scheduler
+from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 
@@ -21,7 +21,7 @@ class EmbeddingHandler(BatchedHandler):
 
     def __init__(self, settings: Settings, models: ModelManager, scheduler: Scheduler,
                  transport: WorkerTransport) -> None:
-        queue = BatchQueue(batch_tokens(settings.embedding_batch_tokens, scheduler),
+        queue = MicroBatchQueue(batch_tokens(settings.embedding_batch_tokens, scheduler),
                            settings.embedding_max_batch_size)
         super().__init__(settings, models, scheduler, transport, queue,
                          max_waiting=4 * settings.embedding_max_batch_size)

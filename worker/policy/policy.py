@@ -13,11 +13,11 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from worker.scheduler.interface import Effects, ModelStatus, PolicyConfig, Refusal, RefusalCode
-from worker.scheduler.jobs import JobBook, Pressure
-from worker.scheduler.ledger import Ledger
-from worker.scheduler.planner import GIB, Placement
-from worker.scheduler.states import Listener, ModelState, StateTable
+from worker.policy.interface import Effects, ModelStatus, PolicyConfig, Refusal, RefusalCode
+from worker.policy.jobs import JobBook, Pressure
+from worker.policy.ledger import Ledger
+from worker.policy.planner import GIB, Placement
+from worker.policy.states import Listener, ModelState, StateTable
 
 log = logging.getLogger(__name__)
 S = ModelState
