@@ -29,6 +29,7 @@ class Snapshot:
     models: dict[str, ModelInfo] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # model id -> state, error, placement, jobs
+    holders: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # model id -> [{worker, state}]
     taken_at: float = 0.0
 
 
@@ -69,6 +70,8 @@ class ModelDirectory:
             for model_id, state in record.get("states", {}).items():
                 if _rank(state) >= _rank(snap.states.get(model_id)):  # the most useful worker's view wins
                     snap.states[model_id] = state
+                if state.get("state") in HELD:
+                    snap.holders.setdefault(model_id, []).append({"worker": record["id"], "state": state["state"]})
         return snap
 
     async def resolve(self, model_id: str, model_type: ModelType) -> ModelInfo:
@@ -98,6 +101,7 @@ class ModelDirectory:
 
 
 _RANK = {"loaded": 5, "loading": 4, "parked": 3, "unloading": 2, "failed": 1}
+HELD = frozenset({"loaded", "loading", "parked"})  # a worker holds the model (or a warm copy of it)
 
 
 def _rank(state: dict[str, Any] | None) -> int:

@@ -49,11 +49,12 @@ class Dispatcher:
                                  code="unencodable_request") from exc
         args: list[Any] = [self.max_queued, DATA_FIELD, data, keys.WAKE_STREAM_MAXLEN, job.id, self.ttl_s]
         try:
-            entry_id = await self._submit(keys=[keys.job_stream(job.kind), self.router.wake_key], args=args)
+            stream = keys.job_stream(job.kind, job.model)
+            entry_id = await self._submit(keys=[stream, self.router.wake_key], args=args)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"the job queue is unreachable: {exc}") from exc
         if entry_id is None:
-            raise Overloaded(f"{self.max_queued} {job.kind} jobs are already waiting; retry shortly")
+            raise Overloaded(f"{self.max_queued} jobs for '{job.model}' are already waiting; retry shortly")
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def cancel(self, request_id: str) -> None:
@@ -84,7 +85,7 @@ class Dispatcher:
                 try:
                     message = await asyncio.wait_for(queue.get(), min(remaining, STALL_CHECK_S))
                 except TimeoutError:
-                    if started and await self._owner_dead(job.kind, entry_id):
+                    if started and await self._owner_dead(job, entry_id):
                         raise Unavailable("the worker serving this request stopped; please retry") from None
                     continue
                 if message.kind is MessageKind.ERROR:
@@ -99,10 +100,10 @@ class Dispatcher:
             if not finished:
                 await asyncio.shield(self.cancel(job.id))
 
-    async def _owner_dead(self, kind: str, entry_id: str) -> bool:
+    async def _owner_dead(self, job: Job, entry_id: str) -> bool:
         """The job is held by a worker whose heartbeat has expired."""
         try:
-            pending: Any = await self.redis.xpending_range(keys.job_stream(kind), keys.WORKER_GROUP,
+            pending: Any = await self.redis.xpending_range(keys.job_stream(job.kind, job.model), keys.WORKER_GROUP,
                                                            min=entry_id, max=entry_id, count=1)
             if not pending:
                 return False

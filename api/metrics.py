@@ -35,13 +35,15 @@ class Metrics:
         self.tokens.labels("prompt").inc(int(usage.get("prompt_tokens", 0)))
         self.tokens.labels("completion").inc(int(usage.get("completion_tokens", 0)))
 
-    async def render(self, redis: Any, workers: list[dict[str, Any]]) -> bytes:
-        for row in await queue_stats(redis):
+    async def render(self, redis: Any, snap: Any) -> bytes:
+        """The process's counters plus, at scrape time, the queues and the workers' gauges (`snap`: the
+        directory's snapshot)."""
+        for row in await queue_stats(redis, snap.models):
             self.queue.labels(row["type"], "waiting").set(row["waiting"])
             self.queue.labels(row["type"], "in_progress").set(row["in_progress"])
             self.oldest.labels(row["type"]).set(row["oldest_waiting_s"] or 0.0)
         self.worker.clear()
-        for worker in workers:
+        for worker in snap.workers:
             for name, value in worker.get("stats", {}).items():
                 self.worker.labels(worker["id"], name).set(value)
         return bytes(generate_latest(self.registry))

@@ -56,7 +56,7 @@ from tests.model_factory import copy_minilm, make_qwen3_embedding
 from tests.stack import RedisServer, Stack
 
 MODEL = "embedder"
-STREAM = keys.job_stream("embedding")
+STREAM = keys.job_stream("embedding", MODEL)
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "near", "the", "river", "bank")
 
 

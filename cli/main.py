@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from common.logs import setup_logging
@@ -24,6 +25,8 @@ def _run_api(settings: Settings) -> None:
 
 
 def _run_worker(settings: Settings) -> None:
+    if settings.cuda_visible_devices and "CUDA_VISIBLE_DEVICES" not in os.environ:  # before torch is imported
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings.cuda_visible_devices
     from worker.main import main as worker_main
 
     setup_logging(settings)  # before worker.main's basicConfig, which then leaves it as it is
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", help="batch: the API's URL (default http://127.0.0.1:LLM_PORT)")
     parser.add_argument("--gpu-gb", type=float, help="plan: plan for a card of this many GiB (default: this GPU)")
     parser.add_argument("--json", action="store_true", help="plan: print the plan as JSON")
+    parser.add_argument("--gpus", help="serve: one worker per GPU of this list, e.g. 0,1 (LLM_CUDA_VISIBLE_DEVICES)")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "plan":
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from cli.serve import serve
 
-        return serve(settings)
+        return serve(settings, args.gpus)
     if args.command == "worker-health":  # the worker container's healthcheck
         from cli import healthcheck
 

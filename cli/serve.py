@@ -40,9 +40,37 @@ def _wait_live(api: subprocess.Popen[bytes], settings: Settings, timeout_s: floa
     return False
 
 
-def serve(settings: Settings) -> int:
+def gpu_groups(gpus: str | None, tensor_parallel_size: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES of each worker to start: one per GPU listed ("0,1" -> ["0", "1"]), or one per
+    `tensor_parallel_size` GPUs when a model needs several ("0,1,2,3" with 2 -> ["0,1", "2,3"]); [""] when
+    none are listed (one worker, the default device)."""
+    ids = [g.strip() for g in (gpus or "").split(",") if g.strip()]
+    if not ids:
+        return [""]
+    size = max(1, tensor_parallel_size)
+    if len(ids) % size:
+        raise ValueError(f"{len(ids)} GPUs ({','.join(ids)}) cannot be split into workers of "
+                         f"LLM_VLLM_TENSOR_PARALLEL_SIZE={size} GPUs each")
+    return [",".join(ids[i:i + size]) for i in range(0, len(ids), size)]
+
+
+def worker_env(env: dict[str, str], group: str) -> dict[str, str]:
+    """A worker's environment: its GPUs, and a stable consumer name per GPU group (its jobs survive a restart)."""
+    if not group:
+        return env
+    name = env.get("LLM_WORKER_ID") or socket.gethostname()
+    return {**env, "CUDA_VISIBLE_DEVICES": group, "LLM_CUDA_VISIBLE_DEVICES": group,
+            "LLM_WORKER_ID": f"{name}-gpu{group.replace(',', '_')}"}
+
+
+def serve(settings: Settings, gpus: str | None = None) -> int:
     """Everything on this machine: embedded Redis (unless LLM_REDIS_URL), the API and one worker. Nothing starts
     when the API's port is taken; everything stops (exit 1) when any of them fails."""
+    try:
+        groups = gpu_groups(gpus or settings.cuda_visible_devices, settings.vllm_tensor_parallel_size)
+    except ValueError as exc:
+        print(f"llm-interface serve: {exc}", file=sys.stderr)
+        return 2
     problem = port_problem(settings.host, settings.port)
     if problem is not None:
         print(f"llm-interface serve: cannot listen on {settings.host}:{settings.port} ({problem}); set LLM_PORT "
@@ -57,8 +85,9 @@ def serve(settings: Settings) -> int:
         redis_procs.append(redis_proc)
         env["LLM_REDIS_URL"] = url
         print(f"embedded Redis at {url}", flush=True)
-    for role in ("worker", "api"):
-        procs.append(subprocess.Popen([sys.executable, "-m", "cli", role], env=env))
+    for group in groups:  # one worker per GPU (or per group of GPUs one model needs)
+        procs.append(subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=worker_env(env, group)))
+    procs.append(subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env))
     stop = False
 
     def _stop(*_: object) -> None:

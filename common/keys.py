@@ -4,9 +4,15 @@ from __future__ import annotations
 
 PREFIX = "llm:"
 
-# Job streams, one per model type, read by the workers through one consumer group.
+# Job streams, one per model (`llm:jobs:{type}:{model}`), read through one consumer group by the workers that
+# serve that model (worker/policy/cluster.py); each has a lower-priority lane for the Batch API,
+# `llm:jobs-batch:{type}:{model}`, read only while no interactive job of the model waits.
 JOB_STREAM_PREFIX = PREFIX + "jobs:"
+BATCH_LANE_PREFIX = PREFIX + "jobs-batch:"
 WORKER_GROUP = "workers"
+# A worker about to load a model no worker holds (or a second copy of a hot one) takes this lease first, so that
+# two workers never start the same load at once; it lasts while the load runs.
+LOAD_LEASE_PREFIX = PREFIX + "lease:load:"
 
 # Per-request result stream: the worker appends result/delta/error messages; the API reads it.
 RESULT_STREAM_PREFIX = PREFIX + "res:"
@@ -28,15 +34,12 @@ CANCEL_PREFIX = PREFIX + "cancel:"
 WORKERS_SET = PREFIX + "workers"
 WORKER_PREFIX = PREFIX + "worker:"
 
-# Batch API (api/batches/). Each job stream has a lower-priority lane, `llm:jobs:{type}:batch`, read
-# through the same consumer group only while no interactive job waits.
 ADMIN_STREAM = PREFIX + "admin"  # admin commands (load, unload) every worker reads, without a group
 ADMIN_STREAM_MAXLEN = 1_000
 PINS = PREFIX + "pins"  # hash: model id -> "1" pinned / "0" unpinned by an admin (overrides LLM_PINNED_MODELS)
 
-BATCH_LANE_SUFFIX = ":batch"
-# Per batch: a hash (the batch object and its progress), `:done` (bitmap of finished input lines),
-# `:jobs` (hash of the batch's jobs in flight) and `:lease` (which process drives it now).
+# Batch API (api/batches/). Per batch: a hash (the batch object and its progress), `:done` (bitmap of finished
+# input lines), `:jobs` (hash of the batch's jobs in flight) and `:lease` (which process drives it now).
 BATCH_PREFIX = PREFIX + "batch:"
 BATCH_INDEX = PREFIX + "batches"  # sorted set: batch ids by creation time (ms)
 BATCH_ACTIVE = PREFIX + "batches:active"  # set: batches not yet completed, failed, expired or cancelled
@@ -44,16 +47,32 @@ BATCH_ACTIVE = PREFIX + "batches:active"  # set: batches not yet completed, fail
 ARQ_QUEUE = PREFIX + "arq:queue"
 
 
-def job_stream(model_type: str) -> str:
-    return JOB_STREAM_PREFIX + model_type
+def job_stream(model_type: str, model: str) -> str:
+    return f"{JOB_STREAM_PREFIX}{model_type}:{model}"
 
 
-def batch_stream(model_type: str) -> str:
-    return job_stream(model_type) + BATCH_LANE_SUFFIX
+def batch_stream(model_type: str, model: str) -> str:
+    return f"{BATCH_LANE_PREFIX}{model_type}:{model}"
+
+
+def job_streams(model_type: str, model: str) -> tuple[str, str]:
+    """A model's two streams: interactive, then its batch lane."""
+    return job_stream(model_type, model), batch_stream(model_type, model)
 
 
 def is_batch_stream(stream: str) -> bool:
-    return stream.startswith(JOB_STREAM_PREFIX) and stream.endswith(BATCH_LANE_SUFFIX)
+    return stream.startswith(BATCH_LANE_PREFIX)
+
+
+def parse_job_stream(stream: str) -> tuple[str, str, bool]:
+    """(model type, model id, batch lane?) of a job stream's name (model ids may hold ':', types do not)."""
+    batch = is_batch_stream(stream)
+    model_type, _, model = stream.removeprefix(BATCH_LANE_PREFIX if batch else JOB_STREAM_PREFIX).partition(":")
+    return model_type, model, batch
+
+
+def load_lease(model: str) -> str:
+    return LOAD_LEASE_PREFIX + model
 
 
 def batch_key(batch_id: str) -> str:

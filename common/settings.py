@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     # --- GPU memory budget and placement ---
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Worker device.")
+    cuda_visible_devices: str | None = Field(
+        None, description="GPUs of this machine's workers: `serve` starts one worker per GPU (e.g. 0,1).")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     available_gpu_memory_gb: float | None = Field(None, gt=0.0)
     enable_gpu_memory_offload: bool = True
@@ -47,6 +49,8 @@ class Settings(BaseSettings):
     )
     pinned_models: str = Field("", description="Comma-separated model ids kept resident (never evicted).")
     load_retry_backoff_s: float = Field(30.0, gt=0.0, description="Wait before retrying a failed load.")
+    replica_after_s: float = Field(
+        10.0, gt=0.0, description="A model's oldest job older than this: another worker with room loads a copy.")
 
     # --- vLLM (chat) ---
     chat_engine: Literal["auto", "vllm", "transformers"] = "auto"

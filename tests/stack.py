@@ -95,14 +95,15 @@ class Stack:
                     **self.env_extra})
         return env
 
-    def _spawn(self, role: str, name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, role: str, name: str, **extra: str) -> subprocess.Popen[bytes]:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = (self.logdir / f"{name}.log").open("ab")
-        return subprocess.Popen([sys.executable, "-m", "cli", role], env=self.env(), cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "cli", role], env={**self.env(), **extra}, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT)
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn("worker", f"worker{len(self.workers)}")
+    def start_worker(self, **extra: str) -> subprocess.Popen[bytes]:
+        """Another worker; `extra`: environment of its own (a models folder, a worker id, ...)."""
+        proc = self._spawn("worker", f"worker{len(self.workers)}", **extra)
         self.workers.append(proc)
         return proc
 

@@ -95,3 +95,17 @@ def test_drop_removes_gone_jobs() -> None:
     dropped = queue.drop(lambda p: p.job.id == "gone")
     assert [p.job.id for p in dropped] == ["gone"]
     assert [p.job.id for p in queue.waiting()] == ["keep"]
+
+
+def test_a_part_served_job_is_not_starved_by_new_ones() -> None:
+    """Round robin: a new one-text job arrives before every batch, yet the old four-text job keeps getting turns."""
+    queue = MicroBatchQueue(budget_tokens=10, max_items=64)
+    queue.paced_tokens["A"] = 10
+    queue.add(Pending(job("old", "A", 0), "1-0", [[1] * (4 + 3 * i) for i in range(4)]))  # batches of one
+    served_old = []
+    for n in range(16):
+        queue.add(Pending(job(f"new{n}", "A", n + 1), f"2-{n}", [[1] * 9]))
+        picked = queue.next_batch()
+        assert picked is not None
+        served_old += [it.index for it in picked[1] if it.pending.job.id == "old"]
+    assert sorted(served_old) == [0, 1, 2, 3]  # all of the old job within 16 batches (its turn comes round)

@@ -138,6 +138,19 @@ def test_compose_keeps_its_promises() -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
 
+def test_compose_runs_one_worker_per_gpu() -> None:
+    services = compose_doc()["services"]
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    assert len(workers) >= 2
+    gpus = [tuple(s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) for s in workers.values()]
+    assert len(set(gpus)) == len(gpus) and all(len(ids) == 1 for ids in gpus)  # each its own GPU
+    ids = [s["environment"]["LLM_WORKER_ID"] for s in workers.values()]
+    assert len(set(ids)) == len(ids)  # each its own consumer name
+    for s in workers.values():
+        assert s["environment"]["LLM_REDIS_URL"] == "redis://:test-password@redis:6379/0"
+        assert "/srv/models:/models:ro" in s["volumes"]
+
+
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")

@@ -54,8 +54,8 @@ async def read_all(redis: Redis, stream: str) -> list[Message]:
 async def test_replies_of_one_turn_share_one_multi_and_keep_each_stream_in_order(redis_server: RedisServer) -> None:
     redis = CountingRedis.from_url(redis_server.url)
     redis.sent = []
-    transport = WorkerTransport(redis, f"w-{uuid.uuid4().hex[:6]}", [], result_ttl_s=60)
-    stream = keys.job_stream(f"perf-{uuid.uuid4().hex[:6]}")
+    transport = WorkerTransport(redis, f"w-{uuid.uuid4().hex[:6]}", result_ttl_s=60)
+    stream = keys.job_stream("perf", f"m-{uuid.uuid4().hex[:6]}")
     jobs: list[Delivery] = []
     try:
         jobs = await deliveries(redis, stream, transport.worker_id, 3)
@@ -86,9 +86,9 @@ async def test_replies_of_one_turn_share_one_multi_and_keep_each_stream_in_order
 
 async def test_a_failed_write_reaches_every_caller_of_its_batch() -> None:
     redis = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
-    transport = WorkerTransport(redis, "w-down", [], result_ttl_s=60)
+    transport = WorkerTransport(redis, "w-down", result_ttl_s=60)
     job = Job(id="x", kind="perf", model="m", reply_to=keys.result_stream("x"), payload={})
-    delivery = Delivery("llm:jobs:perf", "1-0", job)
+    delivery = Delivery(keys.job_stream("perf", "m"), "1-0", job)
     results = await asyncio.gather(transport.reply(delivery, delta(0)), transport.reply(delivery, delta(1)),
                                    return_exceptions=True)
     assert all(isinstance(r, (RedisConnectionError, OSError)) for r in results)

@@ -59,10 +59,10 @@ def embed(stack: Stack, texts: list[str], timeout: float = 120) -> httpx.Respons
                                                                "encoding_format": "float"}, timeout=timeout)
 
 
-def pending(server: RedisServer, kind: str = "embedding") -> int:
+def pending(server: RedisServer, kind: str = "embedding", model: str = MINILM) -> int:
     client = redis.Redis.from_url(server.url)
     try:
-        return int(client.xpending(keys.job_stream(kind), keys.WORKER_GROUP)["pending"])
+        return int(client.xpending(keys.job_stream(kind, model), keys.WORKER_GROUP)["pending"])
     except redis.ResponseError:
         return 0
     finally:

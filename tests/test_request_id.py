@@ -85,11 +85,11 @@ async def test_dispatcher_stamps_the_job_with_the_request_id(redis_server: Redis
         await dispatcher.submit(Job(id="j2", kind=kind, model="m", reply_to="r", payload={}))  # no request
         with request_context("ignored"):  # a job that already has one keeps it
             await dispatcher.submit(Job(id="j3", kind=kind, model="m", reply_to="r", payload={}, request_id="own"))
-        entries = await redis.xrange(keys.job_stream(kind))
+        entries = await redis.xrange(keys.job_stream(kind, "m"))
         jobs = [Job.decode(fields[DATA_FIELD]) for _, fields in entries]
         assert [(j.id, j.request_id) for j in jobs] == [("j1", "from-the-header"), ("j2", None), ("j3", "own")]
     finally:
-        await redis.delete(keys.job_stream(kind), keys.wake_stream(f"api-{kind}"))
+        await redis.delete(keys.job_stream(kind, "m"), keys.wake_stream(f"api-{kind}"))
         await redis.aclose()
 
 

@@ -606,3 +606,30 @@ def test_config_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     config = PolicyConfig.from_settings(Settings(), gpu_budget_bytes=8 * GIB)
     assert config.pinned == frozenset({"bge-m3", "qwen"})
     assert (config.starvation_s, config.retry_backoff_s, config.cpu_cache_bytes) == (12.0, 7.0, 8 * GIB)
+
+
+# ---- the cluster view ----
+
+def test_a_target_served_elsewhere_never_evicts_busy_work() -> None:
+    """B is held by another worker: its starving job here may not evict A while A is busy; once A is idle it may."""
+    sim = Sim([gpu("A"), gpu("B")], starvation_s=30.0)
+    sim.job("a1", "A")
+    sim.finish_io()
+    sim.policy.set_elsewhere(frozenset({"B"}), 0.0)
+    sim.at(1.0).job("b1", "B")
+    sim.at(2.0).job("a2", "A")
+    sim.at(40.0).tick()  # b1 starves, but A is busy and B is served elsewhere
+    assert sim.fx.calls == [] and sim.state("A") is S.LOADED
+    sim.done("a1", "a2")
+    sim.at(41.0).tick()
+    assert ("park", "A") in sim.fx.take()  # idle A may go for B
+
+
+def test_without_the_cluster_view_a_starving_target_evicts_busy_work() -> None:
+    sim = Sim([gpu("A"), gpu("B")], starvation_s=30.0)
+    sim.job("a1", "A")
+    sim.finish_io()
+    sim.at(1.0).job("b1", "B")
+    sim.at(40.0).tick()
+    sim.at(40.0).job("a2", "A")
+    assert "a2" not in sim.served  # A drains for B: no new grants

@@ -89,3 +89,16 @@ def test_every_json_route_refuses_an_oversized_body_before_parsing(stack: Stack)
         response = httpx.post(f"{stack.base_url}{path}", content=big, headers={"content-type": "application/json"},
                               timeout=60)
         assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large", path
+
+
+def test_serve_starts_one_worker_per_gpu_or_per_tensor_parallel_group() -> None:
+    from cli.serve import gpu_groups, worker_env
+
+    assert gpu_groups(None, 1) == [""] and gpu_groups("", 1) == [""]
+    assert gpu_groups("0,1", 1) == ["0", "1"]
+    assert gpu_groups("0, 1, 2, 3", 2) == ["0,1", "2,3"]  # a model needs two GPUs: one worker owns both
+    with pytest.raises(ValueError, match="cannot be split"):
+        gpu_groups("0,1,2", 2)
+    env = worker_env({"LLM_WORKER_ID": "box"}, "2,3")
+    assert (env["CUDA_VISIBLE_DEVICES"], env["LLM_WORKER_ID"]) == ("2,3", "box-gpu2_3")
+    assert worker_env({"A": "1"}, "") == {"A": "1"}

@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 from api.observe import RequestCounter
 from api.queue_stats import queue_stats
 from common import keys
+from common.discovery import ModelInfo
+from common.protocol import ModelType
 from tests.stack import ROOT, RedisServer, Stack, wait_until
 
 
@@ -68,17 +70,18 @@ async def test_queue_stats_counts_waiting_and_in_progress(redis_server: RedisSer
     """Jobs on a stream: one delivered to a worker (in progress), two not yet (waiting), with ages.
     Uses database 1, which no worker of the stack reads."""
     client = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/1")
-    stream = keys.job_stream("embedding")
+    stream = keys.job_stream("embedding", "m")
+    models = {"m": ModelInfo("m", ModelType.EMBEDDING, "/m", 0, None, None, None, False)}
     try:
         await client.delete(stream)
-        assert {q["type"]: q["jobs"] for q in await queue_stats(client)} == {"chat": 0, "embedding": 0,
-                                                                             "reranker": 0}
+        assert {q["type"]: q["jobs"] for q in await queue_stats(client, models)} == {"chat": 0, "embedding": 0,
+                                                                                     "reranker": 0}
         await client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
         for n in range(3):
             await client.xadd(stream, {b"d": str(n).encode()})
         await client.xreadgroup(keys.WORKER_GROUP, "w1", {stream: ">"}, count=1)
         await asyncio.sleep(0.05)
-        row = {q["type"]: q for q in await queue_stats(client)}["embedding"]
+        row = {q["type"]: q for q in await queue_stats(client, models)}["embedding"]
         assert (row["jobs"], row["in_progress"], row["waiting"]) == (3, 1, 2)
         assert row["oldest_waiting_s"] >= 0.04 and row["oldest_in_progress_s"] >= 0.04
     finally:

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,12 +29,13 @@ from worker.handlers.embedding import EmbeddingHandler
 from worker.handlers.rerank import RerankHandler
 from worker.models import ModelManager
 from worker.reclaim import HEARTBEAT_TTL_BEATS, Reclaimer
+from worker.routing import Router
 from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport, default_worker_id
 
 log = logging.getLogger(__name__)
 
-IDLE_BLOCK_MS = 1000
+IDLE_BLOCK_MS = 200  # also how soon a model newly routed here is read
 DRAIN_LIMIT_S = 30.0
 
 
@@ -45,12 +45,11 @@ class Worker:
         self.models = ModelManager(settings)
         self.scheduler = Scheduler(settings, self.models)
         handler_types: list[type[Handler]] = [EmbeddingHandler, RerankHandler, ChatHandler]
-        self.transport = WorkerTransport(redis, settings.worker_id or default_worker_id(),
-                                         [h.model_type for h in handler_types], settings.result_ttl_s)
-        self.handlers = [h(settings, self.models, self.scheduler, self.transport) for h in handler_types]
-        admits = {stream: partial(self._admit, h) for h in self.handlers  # both lanes: interactive and batch
-                  for stream in (keys.job_stream(str(h.model_type)), keys.batch_stream(str(h.model_type)))}
-        self.reclaimer = Reclaimer(redis, self.transport, admits, settings.max_deliveries)
+        self.transport = WorkerTransport(redis, settings.worker_id or default_worker_id(), settings.result_ttl_s)
+        self.handlers = {str(h.model_type): h(settings, self.models, self.scheduler, self.transport)
+                         for h in handler_types}
+        self.reclaimer = Reclaimer(redis, self.transport, self._admit, self._catalog_streams, settings.max_deliveries)
+        self.router = Router(redis, self.transport, self.scheduler, self.models, settings)
         self.admin = AdminCommands(redis, self.scheduler, settings.pinned_model_ids)
         self.stopping = asyncio.Event()
 
@@ -62,10 +61,13 @@ class Worker:
         await self._beat()  # registered before the first read: nobody mistakes us for a dead worker
         settle_heap()
         await self.reclaimer.startup()
-        serving = [asyncio.create_task(h.run()) for h in self.handlers]
-        readers = [asyncio.create_task(self._consume(h)) for h in self.handlers]
+        for delivery in await self.transport.own_pending(self._catalog_streams()):  # ours from a previous run
+            await self._admit(delivery)
+        await self.router.step()
+        serving = [asyncio.create_task(h.run()) for h in self.handlers.values()]
+        readers = [asyncio.create_task(self._consume(h)) for h in self.handlers.values()]
         heartbeat = asyncio.create_task(self._heartbeat())
-        readers.append(asyncio.create_task(self._reclaim()))
+        readers += [asyncio.create_task(self._reclaim()), asyncio.create_task(self.router.run())]
         serving.append(asyncio.create_task(self.scheduler.run()))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *serving, *readers, heartbeat], return_when=asyncio.FIRST_COMPLETED)
@@ -89,11 +91,15 @@ class Worker:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_LIMIT_S
-        while not all(h.idle() for h in self.handlers) and loop.time() < deadline:
+        while not all(h.idle() for h in self.handlers.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
 
+    def _catalog_streams(self) -> list[str]:
+        """Both job streams of every model this worker can serve."""
+        return [s for m in self.models.catalog.models.values() for s in keys.job_streams(str(m.type), m.id)]
+
     async def _consume(self, handler: Handler) -> None:
-        stream = keys.job_stream(str(handler.model_type))
+        model_type = str(handler.model_type)
         while True:
             room = handler.capacity()
             if room <= 0:
@@ -101,22 +107,22 @@ class Worker:
                 await handler.room.wait()
                 continue
             try:
-                deliveries = await self.transport.read(stream, room, IDLE_BLOCK_MS)
+                deliveries = await self.transport.read(model_type, room, IDLE_BLOCK_MS)
             except (RedisError, OSError) as exc:  # Redis away or restarted empty: wait, re-create, go on
-                log.warning("reading %s failed (%s); retrying", stream, exc)
+                log.warning("reading %s jobs failed (%s); retrying", model_type, exc)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(RedisError, OSError):
                     await self.transport.setup()
                 continue
             for delivery in deliveries:
-                await self._admit(handler, delivery)
+                await self._admit(delivery)
 
-    async def _admit(self, handler: Handler, delivery: Delivery) -> None:
+    async def _admit(self, delivery: Delivery) -> None:
         crash_on = self.settings.debug_crash_on
         if crash_on and crash_on in repr(delivery.job.payload):  # fault injection for the poison-job drill
             log.critical("LLM_DEBUG_CRASH_ON matched job %s: exiting", delivery.job.id)
             os._exit(70)
-        await handler.admit(delivery)
+        await self.handlers[delivery.job.kind].admit(delivery)
 
     async def _reclaim(self) -> None:
         """Take over the jobs of workers whose heartbeat has stopped."""
@@ -129,10 +135,11 @@ class Worker:
 
     async def _beat(self) -> None:
         """Publish the catalog and gauges, with an expiry of a few beats."""
-        stats = collect_stats([*(h.stats for h in self.handlers), self.scheduler.stats, self.reclaimer.stats])
-        await self.transport.register(self.models.catalog, [h.model_type for h in self.handlers],
+        stats = collect_stats([*(h.stats for h in self.handlers.values()), self.scheduler.stats,
+                               self.reclaimer.stats, lambda: {"load_claims": self.router.claims}])
+        await self.transport.register(self.models.catalog, [h.model_type for h in self.handlers.values()],
                                       ttl_s=self.settings.worker_heartbeat_s * HEARTBEAT_TTL_BEATS, stats=stats,
-                                      states=self.scheduler.states())
+                                      states=self.scheduler.states(), capacity=self.scheduler.capacity())
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,8 +1,9 @@
 """The micro-batching queue: one owner of the waiting sequences, served one micro-batch at a time.
 
 Jobs are admitted already tokenised. `next_batch` picks the model of the job that has waited longest, then
-the job that has had the fewest of its sequences served so far (fair interleaving: a one-text request
-arriving behind a 2,048-text one is in the very next batch), looks at a window of the waiting sequences of
+the job whose turn it is: round robin, the job served longest ago (or never) first, among equals the one with
+the fewest sequences served (fair interleaving: a one-text request arriving behind a 2,048-text one is in the
+very next batch, and a job part-served never starves behind new ones), looks at a window of the waiting sequences of
 that model (that job's first), sorts them by length and cuts them into batches whose padded size
 (longest x count) stays within the token budget and within `MAX_PADDING` times their real tokens; it
 returns the batch that holds the chosen job's shortest waiting sequence. The budget is the configured one,
@@ -36,6 +37,7 @@ class Pending:
     batch: bool = False  # from the batch lane: served only while no interactive job waits
     slow: bool = False  # LLM_DEBUG_SLOW_ON matched (tests): each of its batches takes SLOW_S longer
     todo: list[int] = field(default_factory=list)  # sequences not yet handed out, shortest first
+    turn: int = 0  # the queue's tick when it was admitted or last served: round robin, the smallest next
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.seqs)
@@ -100,11 +102,13 @@ class MicroBatchQueue:
         # the budget, so its first batches cannot hold others up for long either.
         self.paced_tokens: dict[str, int] = {}
         self._waiting: list[Pending] = []
+        self._tick = 0  # one per batch handed out
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def add(self, pending: Pending) -> None:
+        pending.turn = self._tick
         self._waiting.append(pending)
 
     def drop(self, gone: Callable[[Pending], bool]) -> list[Pending]:
@@ -123,7 +127,7 @@ class MicroBatchQueue:
             return None
         pool = [p for p in self._waiting if not p.batch] or self._waiting
         model = min(pool, key=lambda p: p.job.created_ms).job.model
-        jobs = sorted((p for p in pool if p.job.model == model), key=lambda p: (p.handed, p.job.created_ms))
+        jobs = sorted((p for p in pool if p.job.model == model), key=lambda p: (p.turn, p.handed, p.job.created_ms))
         budget = max(1, min(self.budget_tokens, self.paced_tokens.get(model, self.budget_tokens // 4)))
         window: list[Item] = []
         for pending in jobs:  # the chosen job's sequences first
@@ -138,9 +142,11 @@ class MicroBatchQueue:
 
     def _hand_out(self, items: list[Item]) -> None:
         """These sequences are in a batch now; jobs with nothing left to hand out leave the queue."""
+        self._tick += 1
         taken: dict[int, set[int]] = {}
         for it in items:
             taken.setdefault(id(it.pending), set()).add(it.index)
         for pending in {id(it.pending): it.pending for it in items}.values():
             pending.todo = [i for i in pending.todo if i not in taken[id(pending)]]
+            pending.turn = self._tick
         self._waiting = [p for p in self._waiting if p.todo]

@@ -11,10 +11,11 @@ would see text twice): its caller gets an error chunk instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from common import keys
 from common.errors import EngineFailure, Unavailable
@@ -30,32 +31,44 @@ Admit = Callable[[Delivery], Awaitable[None]]
 
 
 class Reclaimer:
-    def __init__(self, redis: Redis, transport: WorkerTransport, admit: Mapping[str, Admit],
+    def __init__(self, redis: Redis, transport: WorkerTransport, admit: Admit, streams: Callable[[], list[str]],
                  max_deliveries: int) -> None:
         self.redis = redis
         self.transport = transport
-        self.admit = admit  # job stream -> the handler's admit
+        self.admit = admit  # hands a job to its type's handler
+        self.streams = streams  # the job streams of the models this worker can serve (both lanes)
         self.max_deliveries = max_deliveries
         self.reclaimed = 0
         self.dead_lettered = 0
+        self._missing: set[str] = set()  # consumers whose heartbeat was gone at the last sweep
 
     def stats(self) -> dict[str, float]:
         return {"reclaimed": self.reclaimed, "dead_lettered": self.dead_lettered}
 
     async def startup(self) -> None:
         """Before reading our own backlog again (same worker id): dead-letter what crashed us too often."""
-        for stream in self.admit:
+        for stream in self.streams():
             for entry in await self._pending(stream, self.transport.worker_id):
                 if int(entry["times_delivered"]) >= self.max_deliveries:
                     await self._dead_letter(stream, entry["message_id"].decode(), int(entry["times_delivered"]))
 
     async def sweep(self) -> None:
-        for stream in self.admit:
-            for consumer in await self._dead_consumers(stream):
-                await self._take_over(stream, consumer)
+        """A consumer counts as dead when its heartbeat is gone at two sweeps in a row (one beat apart): a worker
+        whose beat came late, its loop held up a moment by a load, keeps its jobs."""
+        suspects: set[str] = set()
+        for stream in self.streams():
+            dead = await self._dead_consumers(stream)
+            suspects.update(dead)
+            for consumer in dead:
+                if consumer in self._missing:
+                    await self._take_over(stream, consumer)
+        self._missing = suspects
 
     async def _dead_consumers(self, stream: str) -> list[str]:
-        summary: Any = await self.redis.xpending(stream, keys.WORKER_GROUP)
+        try:
+            summary: Any = await self.redis.xpending(stream, keys.WORKER_GROUP)
+        except ResponseError:  # no such stream or group yet: nobody holds anything there
+            return []
         consumers = [c["name"].decode() for c in summary.get("consumers", []) if int(c["pending"]) > 0]
         others = [c for c in consumers if c != self.transport.worker_id]
         if not others:
@@ -67,8 +80,11 @@ class Reclaimer:
         return [c for c, up in zip(others, alive, strict=True) if not up]
 
     async def _pending(self, stream: str, consumer: str) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], await self.redis.xpending_range(
-            stream, keys.WORKER_GROUP, min="-", max="+", count=CLAIM_PAGE, consumername=consumer))
+        try:
+            return cast(list[dict[str, Any]], await self.redis.xpending_range(
+                stream, keys.WORKER_GROUP, min="-", max="+", count=CLAIM_PAGE, consumername=consumer))
+        except ResponseError:  # no such stream or group yet
+            return []
 
     async def _take_over(self, stream: str, consumer: str) -> None:
         while entries := await self._pending(stream, consumer):
@@ -89,11 +105,12 @@ class Reclaimer:
         if delivery is None:
             return
         self.reclaimed += 1
+        self.transport.hold(delivery)  # ours now: a walk of our pending entries must not deliver it again
         if delivery.job.kind == str(ModelType.CHAT) and await self.redis.xlen(delivery.job.reply_to) > 0:
             error = Unavailable("the worker generating this answer died; please retry")
             await self.transport.reply(delivery, Message.error(error))
             return
-        await self.admit[stream](delivery)
+        await self.admit(delivery)
 
     async def _delivery(self, stream: str, entry_id: str, fields: dict[bytes, bytes] | None) -> Delivery | None:
         try:
@@ -108,7 +125,7 @@ class Reclaimer:
     async def _dead_letter(self, stream: str, entry_id: str, delivered: int) -> None:
         entries = await self.redis.xrange(stream, min=entry_id, max=entry_id)
         fields = entries[0][1] if entries else {}
-        dead_stream = keys.dead_letter_stream(stream.removeprefix(keys.JOB_STREAM_PREFIX))
+        dead_stream = keys.dead_letter_stream(keys.parse_job_stream(stream)[0])
         await self.redis.xadd(dead_stream, {**fields, b"delivered": str(delivered).encode()},
                               maxlen=keys.DEAD_LETTER_MAXLEN, approximate=True)
         self.dead_lettered += 1

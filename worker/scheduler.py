@@ -136,13 +136,24 @@ class Scheduler:
         self._parked.clear()
 
     def states(self) -> dict[str, dict[str, Any]]:
-        """Per model: state, error, placement, pinned, jobs waiting and running (for /v1/models)."""
+        """Per model: state, error, placement, pinned, jobs waiting and running and the age of the oldest (for
+        /v1/models, and for the other workers' routing)."""
         out: dict[str, dict[str, Any]] = {}
+        now = time.time()
         for model_id, st in self.policy.status().items():
             placement = None if st.placement is None else st.placement.card()
             out[model_id] = {"state": str(st.state), "error": st.error, "pinned": st.pinned,
-                             "waiting": st.waiting, "running": st.running, "placement": placement}
+                             "waiting": st.waiting, "running": st.running, "placement": placement,
+                             "oldest_s": 0.0 if st.oldest_job is None else round(max(0.0, now - st.oldest_job), 3)}
         return out
+
+    def capacity(self) -> dict[str, Any]:
+        """What the other workers need to judge this one's room: its GPU budget and per-type slots."""
+        return {"budget_bytes": self.budget, "cache_size": self.settings.model_cache_size}
+
+    def set_elsewhere(self, models: frozenset[str]) -> None:
+        """The models other live workers hold (see Policy.set_elsewhere)."""
+        self.policy.set_elsewhere(models, time.time())
 
     def stats(self) -> dict[str, float]:
         return {"model_loads": self.counts["load"], "model_loads_warm": self.counts["warm_load"],

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
@@ -29,6 +30,7 @@ BATCH_JOBS_HELD = {str(ModelType.CHAT): 32}
 DEFAULT_BATCH_JOBS_HELD = 2
 EXPIRES_KEPT = 10_000  # result streams whose expiry time is remembered (older ones just get EXPIRE again)
 BATCH_POLL_MS = 50  # while the batch share is full: how often to look whether it has room again
+CLAIM_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,16 @@ async def ensure_group(redis: Redis, stream: str) -> None:
 
 
 class WorkerTransport:
-    def __init__(self, redis: Redis, worker_id: str, types: list[ModelType], result_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, worker_id: str, result_ttl_s: int) -> None:
         self.redis = redis
         self.worker_id = worker_id
-        self.streams = [keys.job_stream(str(t)) for t in types] + [keys.batch_stream(str(t)) for t in types]
         self.result_ttl_s = result_ttl_s
-        # First walk our own pending entries (a restart with the same worker id), then new ones.
-        self._cursor: dict[str, str] = dict.fromkeys(self.streams, "0")
+        # model type -> (interactive streams, batch lanes) of the models this worker reads (worker/routing.py)
+        self._reading: dict[str, tuple[list[str], list[str]]] = {}
+        # Per stream: "0" walks our own pending entries first (a restart with the same worker id, a stream read
+        # again), then ">" for new ones.
+        self._cursor: dict[str, str] = {}
+        self._groups: set[str] = set()  # streams whose consumer group is known to exist
         self._held: set[tuple[str, str]] = set()  # (stream, entry id) read and not yet acknowledged
         self.attempt = f"{worker_id}:{uuid.uuid4().hex[:12]}".encode()  # this run, on every reply
         self._outbox: list[_Reply] = []
@@ -85,26 +90,76 @@ class WorkerTransport:
         # Result stream -> when we last set its expiry: once per stream, refreshed while a long answer runs.
         self._expires: dict[str, float] = {}
 
-    async def setup(self) -> None:
-        for stream in self.streams:
-            await ensure_group(self.redis, stream)
+    def set_reading(self, models: list[tuple[str, str]]) -> None:
+        """The (model type, model id) whose jobs to read from now on; a stream newly read walks our own pending
+        entries in it first."""
+        reading: dict[str, tuple[list[str], list[str]]] = {}
+        for model_type, model in sorted(models):
+            interactive, lanes = reading.setdefault(model_type, ([], []))
+            interactive.append(keys.job_stream(model_type, model))
+            lanes.append(keys.batch_stream(model_type, model))
+        before = {s for pair in self._reading.values() for group in pair for s in group}
+        for stream in {s for pair in reading.values() for group in pair for s in group} - before:
+            self._cursor[stream] = "0"
+        self._reading = reading
 
-    async def read(self, stream: str, count: int, block_ms: int) -> list[Delivery]:
-        """Up to `count` jobs of one model type, blocking up to `block_ms` for new ones: its interactive
-        stream first; its batch lane only when no interactive job waits, and within the batch share."""
-        lane = keys.batch_stream(stream.removeprefix(keys.JOB_STREAM_PREFIX))
-        held = sum(1 for s, _ in self._held if s == lane)
-        batch_room = min(count, BATCH_JOBS_HELD.get(stream.removeprefix(keys.JOB_STREAM_PREFIX),
-                                                    DEFAULT_BATCH_JOBS_HELD) - held)
+    def reading(self, model_type: str) -> list[str]:
+        """The interactive streams of this type being read."""
+        return list(self._reading.get(model_type, ([], []))[0])
+
+    async def setup(self) -> None:
+        """After Redis came back (perhaps empty): make sure of the consumer groups again, walk our entries again."""
+        self._groups.clear()
+        self._cursor = dict.fromkeys(self._cursor, "0")
+
+    async def _ensure_groups(self, streams: list[str]) -> None:
+        for stream in streams:
+            if stream not in self._groups:
+                await ensure_group(self.redis, stream)
+                self._groups.add(stream)
+
+    async def read(self, model_type: str, count: int, block_ms: int) -> list[Delivery]:
+        """Up to `count` jobs of the models of one type this worker reads, blocking up to `block_ms` for new ones:
+        their interactive streams first; their batch lanes only when no interactive job waits, and within the
+        batch share. Nothing to read: waits `block_ms` and returns none."""
+        interactive, lanes = self._reading.get(model_type, ([], []))
+        if not interactive:
+            await asyncio.sleep(block_ms / 1000)
+            return []
+        await self._ensure_groups(interactive + lanes)
+        held = sum(1 for s, _ in self._held if keys.is_batch_stream(s) and s in lanes)
+        batch_room = min(count, BATCH_JOBS_HELD.get(model_type, DEFAULT_BATCH_JOBS_HELD) - held)
         if batch_room <= 0:
-            return await self._read([stream], count, BATCH_POLL_MS)
-        interactive = await self._read([stream], count, None)
-        if interactive:
-            return interactive
-        return await self._read([stream, lane], batch_room, block_ms)
+            return await self._read(interactive, count, BATCH_POLL_MS)
+        found = await self._read(interactive, count, None)
+        if found:
+            return found
+        return await self._read(interactive + lanes, batch_room, block_ms)
+
+    async def own_pending(self, streams: list[str]) -> list[Delivery]:
+        """Our own pending entries in these streams (a restart with the same worker id), never new ones."""
+        out: list[Delivery] = []
+        for stream in streams:
+            cursor = "0"
+            while True:
+                try:
+                    reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, {stream: cursor},
+                                                        count=CLAIM_PAGE)
+                except ResponseError:  # no such stream or group: nothing of ours
+                    break
+                entries = reply[0][1] if reply else []
+                if not entries:
+                    break
+                cursor = entries[-1][0].decode()
+                for entry_id, fields in entries:
+                    delivery = await self._decode(stream, entry_id.decode(), fields)
+                    if delivery is not None and (stream, delivery.entry_id) not in self._held:
+                        self._held.add((stream, delivery.entry_id))
+                        out.append(delivery)
+        return out
 
     async def _read(self, streams: list[str], count: int, block_ms: int | None) -> list[Delivery]:
-        cursors = {s: self._cursor[s] for s in streams}
+        cursors = {s: self._cursor.get(s, "0") for s in streams}
         walking = any(c != ">" for c in cursors.values())  # our own pending entries: never block
         try:
             reply = await self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, cursors,  # type: ignore[arg-type]
@@ -112,7 +167,8 @@ class WorkerTransport:
         except (RedisError, OSError):
             # Redis may come back from its AOF a second behind: an answer we gave may be lost and the job
             # pending for us again. Walk our pending entries once more (the ones we still hold are skipped).
-            self._cursor.update(dict.fromkeys(self.streams, "0"))
+            self._cursor = dict.fromkeys(self._cursor, "0")
+            self._groups.clear()
             raise
         got = {raw.decode(): entries for raw, entries in reply or []}
         out: list[Delivery] = []
@@ -139,11 +195,19 @@ class WorkerTransport:
             await self.ack(stream, entry_id)
             return None
 
+    def holding(self, model: str) -> bool:
+        """Whether a job of this model is read and not yet answered here."""
+        return any(keys.parse_job_stream(stream)[1] == model for stream, _ in self._held)
+
+    def hold(self, delivery: Delivery) -> None:
+        """A job taken over from a dead worker (XCLAIM): admitted, not to be delivered again by a read."""
+        self._held.add((delivery.stream, delivery.entry_id))
+
     def forget(self, deliveries: list[Delivery]) -> None:
         """Unanswered jobs dropped from memory: walk our pending entries again at the next read."""
         for delivery in deliveries:
             self._held.discard((delivery.stream, delivery.entry_id))
-        self._cursor.update(dict.fromkeys(self.streams, "0"))
+        self._cursor = dict.fromkeys(self._cursor, "0")
 
     async def ack(self, stream: str, entry_id: str) -> None:
         self._held.discard((stream, entry_id))
@@ -227,11 +291,12 @@ class WorkerTransport:
         return {r: int(v) for r, v in zip(request_ids, values, strict=True) if v is not None}
 
     async def register(self, catalog: Catalog, types: list[ModelType], ttl_s: float,
-                       stats: Mapping[str, float] | None = None,
-                       states: dict[str, dict[str, str]] | None = None) -> None:
-        """Heartbeat: publish this worker's model catalog and gauges, expiring unless refreshed."""
+                       stats: Mapping[str, float] | None = None, states: dict[str, dict[str, Any]] | None = None,
+                       capacity: Mapping[str, Any] | None = None) -> None:
+        """Heartbeat: publish this worker's model catalog, states, room (`capacity`: budget bytes and per-type
+        slots, for the other workers' routing) and gauges, expiring unless refreshed."""
         record = {"id": self.worker_id, "types": [str(t) for t in types], "ts_ms": int(time.time() * 1000),
-                  "stats": stats or {}, "states": states or {},
+                  "stats": stats or {}, "states": states or {}, "capacity": dict(capacity or {}),
                   "models": [m.to_dict() for m in catalog.models.values()],
                   "problems": [p.to_dict() for p in catalog.problems]}
         pipe = self.redis.pipeline(transaction=True)

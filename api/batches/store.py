@@ -193,7 +193,7 @@ class BatchStore:
                 args += ["SET", "u1", line, 1]
             pipe.execute_command("BITFIELD", keys.batch_done_key(batch_id), *args)
         for job, record in step.submit:
-            pipe.xadd(keys.batch_stream(job.kind), {DATA_FIELD: job.encode()})
+            pipe.xadd(keys.batch_stream(job.kind, job.model), {DATA_FIELD: job.encode()})
             pipe.hset(jobs_key, job.id, orjson.dumps(record))
         if step.retire:
             pipe.hdel(jobs_key, *step.retire)

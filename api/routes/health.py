@@ -53,8 +53,8 @@ async def ready(services: ServicesDep) -> JSONBytes:
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus text format."""
     try:
-        workers = (await services.directory.snapshot()).workers
-        body = await request.app.state.metrics.render(services.redis, workers)
+        snap = await services.directory.snapshot()
+        body = await request.app.state.metrics.render(services.redis, snap)
     except (Unavailable, RedisError, OSError):  # Redis away: this process's own metrics still count
         body = generate_latest(request.app.state.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -14,21 +14,24 @@ router = APIRouter(tags=["models"])
 OWNER = "llm-interface"
 
 
-def model_card(info: ModelInfo, state: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_card(info: ModelInfo, state: dict[str, Any] | None = None,
+               holders: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """OpenAI's model object, plus what a local user wants to know: type, state (available, loading,
-    loaded, parked, unloading, failed) and its error, placement, pinned, jobs waiting and running."""
+    loaded, parked, unloading, failed) and its error, placement, pinned, jobs waiting and running, and which
+    workers hold it (`workers`: id and state of each)."""
     state = state or {"state": "available"}
     return {"id": info.id, "object": "model", "created": 0, "owned_by": OWNER, "type": str(info.type),
             "size_bytes": info.size_bytes, "dtype": info.dtype, "architecture": info.architecture,
             "max_length": info.max_length, "state": state["state"], "error": state.get("error"),
             "placement": state.get("placement"), "pinned": bool(state.get("pinned", False)),
-            "waiting_jobs": int(state.get("waiting", 0)), "running_jobs": int(state.get("running", 0))}
+            "waiting_jobs": int(state.get("waiting", 0)), "running_jobs": int(state.get("running", 0)),
+            "workers": list(holders or [])}
 
 
 @router.get("/v1/models")
 async def list_models(services: ServicesDep) -> JSONBytes:
     snap = await services.directory.snapshot()
-    cards = [model_card(m, snap.states.get(m.id)) for m in snap.models.values()]
+    cards = [model_card(m, snap.states.get(m.id), snap.holders.get(m.id)) for m in snap.models.values()]
     return JSONBytes({"object": "list", "data": cards})
 
 
@@ -38,4 +41,4 @@ async def get_model(model_id: str, services: ServicesDep) -> JSONBytes:
     info = snap.models.get(model_id)
     if info is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
-    return JSONBytes(model_card(info, snap.states.get(model_id)))
+    return JSONBytes(model_card(info, snap.states.get(model_id), snap.holders.get(model_id)))

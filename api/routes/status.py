@@ -40,21 +40,21 @@ async def status(request: Request, services: ServicesDep) -> JSONBytes:
     throughput = request.app.state.request_counter.summary()
     try:
         snap = await services.directory.snapshot()
-        queues = await queue_stats(services.redis)
+        queues = await queue_stats(services.redis, snap.models)
     except Unavailable as exc:
         return JSONBytes({"ready": False, "error": exc.message, "throughput": throughput}, status_code=503)
     except (RedisError, OSError) as exc:
         return JSONBytes({"ready": False, "error": f"Redis is unreachable: {exc}", "throughput": throughput},
                          status_code=503)
     now_ms = time.time() * 1000
-    models = [_model_row(m, snap.states.get(m.id) or {}) for m in snap.models.values()]
+    models = [_model_row(m, snap.states.get(m.id) or {}, snap.holders.get(m.id) or []) for m in snap.models.values()]
     workers = [{"id": w["id"], "types": w["types"], "last_seen_s": round(max(0.0, now_ms - w["ts_ms"]) / 1000, 1),
                 "stats": w.get("stats") or {}} for w in snap.workers]
     return JSONBytes({"ready": True, "models": models, "queues": queues, "workers": workers,
                       "problems": snap.problems, "throughput": throughput})
 
 
-def _model_row(info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
+def _model_row(info: ModelInfo, state: dict[str, Any], holders: list[dict[str, str]]) -> dict[str, Any]:
     """One model as the workers' schedulers report it: state, where it lives, the GPU budget its plan holds it
     to (weights, KV cache, context length) and the memory it holds now."""
     placement = state.get("placement") or {}
@@ -68,4 +68,5 @@ def _model_row(info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
             "placement": where, "planned_gpu_bytes": placement.get("gpu_bytes") or None,
             "kv_cache_bytes": placement.get("kv_cache_bytes") or None, "context": placement.get("max_model_len"),
             "memory_bytes": placement.get("gpu_bytes") or placement.get("weight_bytes") if resident else None,
-            "pinned": bool(state.get("pinned")), "waiting_jobs": int(state.get("waiting", 0))}
+            "pinned": bool(state.get("pinned")), "waiting_jobs": int(state.get("waiting", 0)),
+            "workers": [f"{h['worker']} ({h['state']})" for h in holders]}

@@ -107,6 +107,8 @@ class BatchedHandler(Handler):
         self._deliveries.clear()
 
     async def admit(self, delivery: Delivery) -> None:
+        if delivery.job.id in self._deliveries:  # delivered twice (a takeover and a walk): served once
+            return
         try:
             pending = await self.prepare(delivery)
         except ServiceError as exc:

@@ -66,6 +66,8 @@ class ChatHandler(Handler):
     async def admit(self, delivery: Delivery) -> None:
         """Start the job's task at once: jobs are prepared concurrently, not one after another."""
         job = delivery.job
+        if job.id in self._tasks:  # delivered twice (a takeover and a walk): served once
+            return
         with request_context(job.request_id):  # the job's log lines carry its request id
             task = asyncio.create_task(self._serve(delivery))
         self._tasks[job.id] = (delivery, task)

@@ -81,3 +81,4 @@ class ModelStatus:
     error: str | None
     retry_at: float | None
     placement: Placement | None
+    oldest_job: float | None = None  # enqueue time of its oldest unanswered job here

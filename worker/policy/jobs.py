@@ -25,17 +25,20 @@ class JobBook:
         self._waiting: dict[str, dict[str, float]] = {}  # model -> {job id: enqueued at}
         self._running: dict[str, set[str]] = {}  # model -> granted, not yet done
         self._model_of: dict[str, str] = {}
+        self._since: dict[str, float] = {}  # every job's enqueue time, waiting or running
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._model_of
 
     def add(self, job_id: str, model_id: str, since: float) -> None:
         self._model_of[job_id] = model_id
+        self._since[job_id] = since
         self._waiting.setdefault(model_id, {})[job_id] = since
 
     def remove(self, job_id: str) -> tuple[str, bool] | None:
         """Forget a job; (its model, whether it was running), or None when unknown."""
         model_id = self._model_of.pop(job_id, None)
+        self._since.pop(job_id, None)
         if model_id is None:
             return None
         running = self._running.get(model_id, set())
@@ -57,6 +60,7 @@ class JobBook:
         waiting = self._waiting.pop(model_id, {})
         for job_id in waiting:
             del self._model_of[job_id]
+            self._since.pop(job_id, None)
         return sorted(waiting, key=waiting.__getitem__)
 
     def waiting(self, model_id: str) -> int:
@@ -71,6 +75,11 @@ class JobBook:
     def oldest(self, model_id: str) -> float | None:
         waiting = self._waiting.get(model_id)
         return min(waiting.values()) if waiting else None
+
+    def oldest_job(self, model_id: str) -> float | None:
+        """Enqueue time of the model's oldest unanswered job, waiting or running."""
+        ids = [*self._waiting.get(model_id, {}), *self._running.get(model_id, ())]
+        return min((self._since[j] for j in ids), default=None)
 
     def pressure(self, model_id: str, now: float) -> Pressure:
         oldest = self.oldest(model_id)

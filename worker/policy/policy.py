@@ -37,6 +37,7 @@ class Policy:
         self._removed: set[str] = set()  # gone from the catalog, still holding memory
         self._draining: set[str] = set()  # chosen for eviction: no new grants
         self._last_used: dict[str, float] = {}
+        self._elsewhere: frozenset[str] = frozenset()  # models other live workers hold (the cluster view)
         self._deciding = False
 
     # ---- events (the worker calls these, one at a time, from its run loop) ----
@@ -134,6 +135,14 @@ class Policy:
         self._decide(now)
         return done
 
+    def set_elsewhere(self, models: frozenset[str], now: float) -> None:
+        """The models other live workers hold (worker/policy/cluster.py). A job for one of them may be served
+        here too (a replica), but never at the cost of busy work: such a target evicts only idle models."""
+        self._guard()
+        if models != self._elsewhere:
+            self._elsewhere = models
+            self._decide(now)
+
     def tick(self, now: float) -> None:
         """Time passed: starvation limits, idle unloads, back-offs. See :meth:`next_deadline`."""
         self._guard()
@@ -150,7 +159,8 @@ class Policy:
             rec = self.states.record(model_id)
             out[model_id] = ModelStatus(
                 rec.state, model_id in self.pinned, self.jobs.waiting(model_id), self.jobs.running(model_id),
-                rec.error, rec.retry_at, self._in_use.get(model_id, self.placements.get(model_id)))
+                rec.error, rec.retry_at, self._in_use.get(model_id, self.placements.get(model_id)),
+                self.jobs.oldest_job(model_id))
         return out
 
     def next_deadline(self, now: float) -> float | None:
@@ -303,11 +313,12 @@ class Policy:
     def _eviction_order(self, placement: Placement, want: Pressure, ledger: Ledger, now: float) -> list[str]:
         """Evictable loaded models, best victim first: same type when a slot is needed, idle before
         busy, fewer waiting jobs, least recently used. Busy ones only for a starving target."""
-        urgent = want.starving(self.config.starvation_s)
+        urgent = want.starving(self.config.starvation_s) and placement.model_id not in self._elsewhere
         slot_needed = ledger.count_after[placement.model_type] >= ledger.cache_size
         out: list[tuple[tuple[bool, bool, int, float], str]] = []
         for model_id in self.states.in_state(S.LOADED):
-            if model_id in self._draining or (model_id in self.pinned and model_id not in self._removed):
+            if model_id in self._draining or model_id == placement.model_id or (
+                    model_id in self.pinned and model_id not in self._removed):
                 continue
             busy = self.jobs.busy(model_id)
             mine = self.jobs.pressure(model_id, now)
