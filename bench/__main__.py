@@ -8,6 +8,7 @@
     python -m bench fairness      # one-text latency while a 2,048-text request runs, vs idle
     python -m bench switching     # model switch time vs a raw load; loads per 100 interleaved requests
     python -m bench recovery      # a worker SIGKILLed under 32 clients: time to reclaimed answers, failures
+    python -m bench scaleout      # loads and wall time, 2 and 4 models over 1, 2 and 4 workers
     python -m bench gpu           # the GPU script: engines in-process on CUDA (--smoke: tiny shapes, CPU)
     python -m bench gpu_check     # the memory plan on a GPU: planned vs measured bytes, park/wake, offload
     python -m bench all --smoke   # every one in turn (each in its own process); CI runs this mode
@@ -23,8 +24,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "fairness", "switching", "recovery", "gpu",
-              "gpu_check")
+BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "fairness", "switching", "recovery", "scaleout",
+              "gpu", "gpu_check")
 GPU_ONLY = ("gpu", "gpu_check")
 
 

@@ -17,8 +17,8 @@ import pytest
 from tests.stack import ROOT
 
 # Longest first, so that the pool's tail is short.
-BENCHMARKS = ("chat", "switching", "batch", "rerank", "recovery", "gpu", "embeddings", "fairness", "dispatch",
-              "gpu_check")
+BENCHMARKS = ("chat", "switching", "batch", "rerank", "recovery", "scaleout", "gpu", "embeddings", "fairness",
+              "dispatch", "gpu_check")
 PARALLEL = 3
 TIMEOUT_S = 540
 PLOTS = {"dispatch", "embeddings"}
