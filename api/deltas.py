@@ -1,5 +1,5 @@
-"""A generation's streamed deltas gathered into whole choices: text, logprobs and finish reason per index
-(the non-streaming answer, and the Batch API's output lines)."""
+"""A generation's streamed deltas gathered into whole choices: text, reasoning, tool calls, logprobs and finish
+reason per index (the non-streaming answer, and the Batch API's output lines)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,36 @@ class Choice:
     parts: list[str] = field(default_factory=list)
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    reasoning_parts: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # by call index, arguments joined
+    stop_reason: str | int | None = None  # the stop string or token id that ended it (None: EOS or length)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
+    @property
+    def reasoning(self) -> str | None:
+        return "".join(self.reasoning_parts) if self.reasoning_parts else None
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [self.tool_calls[i] for i in sorted(self.tool_calls)]
+
     def add(self, delta: dict[str, Any]) -> None:
         self.parts.append(delta["text"])
+        if delta.get("reasoning"):
+            self.reasoning_parts.append(delta["reasoning"])
+        for call in delta.get("tool_calls") or ():
+            whole = self.tool_calls.setdefault(call["index"], {"id": None, "type": "function",
+                                                               "function": {"name": "", "arguments": ""}})
+            whole["id"] = call.get("id") or whole["id"]
+            function = call.get("function") or {}
+            whole["function"]["name"] += function.get("name") or ""
+            whole["function"]["arguments"] += function.get("arguments") or ""
         if delta["logprobs"] is not None:
             self.logprobs = (self.logprobs or []) + delta["logprobs"]
         self.finish_reason = delta["finish_reason"] or self.finish_reason
+        self.stop_reason = delta.get("stop_reason", self.stop_reason)
 
 
 def join_deltas(messages: Iterable[Message]) -> list[Choice]:

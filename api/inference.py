@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from api.deltas import collect
+from api.deltas import Choice, collect, join_deltas
 from api.responses import JSONBytes
+from api.schemas.sampling import SamplingRequest
 from api.services import Services
 from api.streaming import Format, sse
-from common.errors import CallerGone
-from common.protocol import Job, Message
+from common.errors import CallerGone, ServiceError, Unavailable
+from common.protocol import Job, Message, MessageKind, ModelType
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
@@ -51,6 +52,16 @@ async def answer(request: Request, services: Services, job: Job) -> Message:
     return message
 
 
+async def generation_job(services: Services, body: SamplingRequest) -> Job:
+    """A chat or completion request checked against the service's limits and its model, as one job."""
+    settings = services.settings
+    body.check(settings.chat_max_n)
+    info = await services.directory.resolve(body.model, ModelType.CHAT)
+    body.check_vocabulary(info.shape.vocab if info.shape else None)
+    body.check_model(info)
+    return body.to_job(settings.request_timeout_s)
+
+
 async def generate(request: Request, services: Services, job: Job, fmt: Format, stream: bool,
                    include_usage: bool) -> Response:
     """A generation job as one JSON response or as an SSE stream (errors before the first token: plain HTTP)."""
@@ -64,4 +75,63 @@ async def generate(request: Request, services: Services, job: Job, fmt: Format, 
     request.app.state.metrics.ttft.observe(time.perf_counter() - started)
     events = sse(first, messages, fmt, include_usage, lambda usage: count_usage(request, usage))
     return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class Door(Protocol):
+    """Another API's shape over the same generation (the Responses API, Anthropic Messages): its whole answer,
+    its stream of events, and what it keeps of a finished answer."""
+
+    def response(self, choices: list[Choice], usage: dict[str, Any]) -> dict[str, Any]: ...
+
+    def start_events(self) -> list[bytes]: ...
+
+    def delta_events(self, delta: dict[str, Any]) -> list[bytes]: ...
+
+    def end_events(self, response: dict[str, Any]) -> list[bytes]: ...
+
+    def error_events(self, exc: ServiceError) -> list[bytes]: ...
+
+    async def keep(self, response: dict[str, Any]) -> None: ...
+
+
+async def _door_events(first: Message, rest: AsyncIterator[Message], door: Door, request: Request
+                       ) -> AsyncIterator[bytes]:
+    seen: list[Message] = []
+    pending = [first]
+    yield b"".join(door.start_events())
+    try:
+        while True:
+            message = pending.pop() if pending else await anext(rest)
+            if message.kind is MessageKind.DELTA:
+                seen.append(message)
+                events = [e for delta in message.body["choices"] for e in door.delta_events(delta)]
+                if events:
+                    yield b"".join(events)
+            elif message.kind is MessageKind.DONE:
+                usage = message.body["usage"]
+                count_usage(request, usage)
+                response = door.response(join_deltas(seen), usage)
+                await door.keep(response)
+                yield b"".join(door.end_events(response))
+                return
+    except StopAsyncIteration:
+        yield b"".join(door.error_events(Unavailable("the generation ended without a result")))
+    except ServiceError as exc:
+        yield b"".join(door.error_events(exc))
+
+
+async def generate_door(request: Request, services: Services, job: Job, door: Door, stream: bool) -> Response:
+    """A generation job answered in another API's shape: one JSON object, or that API's event stream."""
+    messages = services.dispatcher.stream(job, services.settings.request_timeout_s)
+    if not stream:
+        choices, usage = await until_disconnected(request, collect(messages))
+        count_usage(request, usage)
+        response = door.response(choices, usage)
+        await door.keep(response)
+        return JSONBytes(response)
+    started = time.perf_counter()
+    first = await until_disconnected(request, anext(messages))  # errors before a token: plain HTTP
+    request.app.state.metrics.ttft.observe(time.perf_counter() - started)
+    return StreamingResponse(_door_events(first, messages, door, request), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -9,9 +9,11 @@
     python -m bench switching     # model switch time vs a raw load; loads per 100 interleaved requests
     python -m bench recovery      # a worker SIGKILLed under 32 clients: time to reclaimed answers, failures
     python -m bench scaleout      # loads and wall time, 2 and 4 models over 1, 2 and 4 workers
+    python -m bench tools         # tool calling (auto, required) vs the same requests without tools, on vLLM
     python -m bench gpu           # the GPU script: engines in-process on CUDA (--smoke: tiny shapes, CPU)
     python -m bench gpu_check     # the memory plan on a GPU: planned vs measured bytes, park/wake, offload
     python -m bench all --smoke   # every one in turn (each in its own process); CI runs this mode
+    python -m bench report        # not a benchmark: bench/reference/ (or --results DIR) -> docs/benchmarks.md
 
 Each run prints a table and writes JSON (and for some a PNG plot) to bench/results/; `python -m bench.NAME`
 still works. `all` without --smoke runs `gpu` only where CUDA is available.
@@ -25,7 +27,7 @@ import sys
 import time
 
 BENCHMARKS = ("dispatch", "embeddings", "chat", "rerank", "batch", "fairness", "switching", "recovery", "scaleout",
-              "gpu", "gpu_check")
+              "tools", "gpu", "gpu_check")
 GPU_ONLY = ("gpu", "gpu_check")
 
 
@@ -57,12 +59,16 @@ def run_all(args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*BENCHMARKS, "all"):
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*BENCHMARKS, "all", "report"):
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
     if name == "all":
         return run_all(rest)
+    if name == "report":
+        from bench.report import main as report
+
+        return report(rest)
     module = importlib.import_module(f"bench.{name}")
     sys.argv = [f"python -m bench {name}", *rest]
     code = module.main()

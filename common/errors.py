@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 class ServiceError(Exception):
     status: ClassVar[int] = 500
     err_type: ClassVar[str] = "server_error"
-    default_code: ClassVar[str | None] = None
+    default_code: ClassVar[str] = "server_error"  # every error carries a code: clients branch on it
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -35,6 +35,7 @@ class ServiceError(Exception):
 class InvalidRequest(ServiceError):
     status = 400
     err_type = "invalid_request_error"
+    default_code = "invalid_request"
 
 
 class AuthenticationFailed(ServiceError):

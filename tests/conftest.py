@@ -12,7 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from tests.model_factory import build_models_dir
-from tests.stack import RedisServer, Stack
+from tests.stack import RedisServer, Stack, tiktoken_cache_dir
+
+if (_TIKTOKEN_CACHE := tiktoken_cache_dir()) is not None:  # cl100k_base offline, here and in every stack's API
+    os.environ["TIKTOKEN_CACHE_DIR"] = _TIKTOKEN_CACHE
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hf_chat = root / "tiny-qwen2-chat-hf"
     shutil.copytree(root / "tiny-qwen2-chat", hf_chat)
     (hf_chat / "llm-interface.json").write_text(json.dumps({"options": {"chat_engine": "transformers"}}))
+    # The trained tool-calling model on the transformers engine too (vLLM's parsers and grammars there).
+    hf_tools = root / "tiny-qwen25-tools-hf"
+    shutil.copytree(root / "tiny-qwen25-tools", hf_tools)
+    (hf_tools / "llm-interface.json").write_text(json.dumps({"options": {"chat_engine": "transformers"}}))
     return root
 
 

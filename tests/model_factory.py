@@ -335,6 +335,8 @@ def copy_minilm(out_dir: Path) -> Path:
 
 def build_models_dir(root: Path) -> dict[str, Path]:
     """Build every test model into ``root``; returns folder name -> path."""
+    from tests.trained_models import make_think_model, make_tool_model
+
     root.mkdir(parents=True, exist_ok=True)
     return {
         "all-minilm-l6-v2": copy_minilm(root / "all-minilm-l6-v2"),
@@ -343,6 +345,11 @@ def build_models_dir(root: Path) -> dict[str, Path]:
         "tiny-qwen2-chat": make_chat_model(root / "tiny-qwen2-chat", "qwen2", seed=0),
         "tiny-bert-reranker": make_bert_cross_encoder(root / "tiny-bert-reranker"),
         "tiny-qwen3-reranker": make_qwen3_reranker(root / "tiny-qwen3-reranker"),
+        # Trained to decide (tests/trained_models.py): tool calls, think blocks; and the tool template on
+        # random weights, where only the grammar makes calls valid.
+        "tiny-qwen25-tools": make_tool_model(root / "tiny-qwen25-tools"),
+        "tiny-qwen25-tools-random": make_tool_model(root / "tiny-qwen25-tools-random", steps=0),
+        "tiny-qwen3-think": make_think_model(root / "tiny-qwen3-think"),
     }
 
 

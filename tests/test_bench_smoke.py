@@ -17,7 +17,7 @@ import pytest
 from tests.stack import ROOT
 
 # Longest first, so that the pool's tail is short.
-BENCHMARKS = ("chat", "switching", "batch", "rerank", "recovery", "scaleout", "gpu", "embeddings", "fairness",
+BENCHMARKS = ("chat", "switching", "batch", "rerank", "recovery", "scaleout", "tools", "gpu", "embeddings", "fairness",
               "dispatch", "gpu_check")
 PARALLEL = 3
 TIMEOUT_S = 540
@@ -49,6 +49,20 @@ def test_smoke_mode_runs(name: str, smoke_runs: dict[str, tuple[Path, Future[Any
     assert isinstance(result, dict) and result
     if name in PLOTS:
         assert out.with_suffix(".png").is_file()
+
+
+def test_report_knows_every_shape(smoke_runs: dict[str, tuple[Path, Future[Any]]], tmp_path: Path) -> None:
+    """`python -m bench report` on the smoke runs' JSON: each written file gets its own table, none the fallback
+    (a benchmark whose JSON changed shape needs bench/report_tables.py changed too)."""
+    from bench.report import main as report
+
+    written = [name for name, (out, future) in smoke_runs.items() if future.result() and out.is_file()]
+    page = tmp_path / "benchmarks.md"
+    assert report(["--results", str(smoke_runs[written[0]][0].parent), "--out", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "flattened" not in text
+    for name in written:
+        assert f"### {name} (smoke)" in text
 
 
 def test_entry_point_lists_benchmarks() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.model_factory import ENDOFTEXT, IM_END, build_models_dir, build_tokenizer
+from tests.model_factory import ENDOFTEXT, IM_END, build_tokenizer
 
 MAX_NEW_TOKENS = 16
 PAIRS = [
@@ -26,8 +26,9 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_models_dir(tmp_path_factory.mktemp("factory-models"))
+def models(models_dir: Path) -> dict[str, Path]:
+    """The session's models (build_models_dir: building them again would train the trained ones again)."""
+    return {p.name: p for p in models_dir.iterdir() if p.is_dir()}
 
 
 def _prompts(model_dir: Path) -> list[list[int]]:

@@ -7,24 +7,19 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.inference import generate
+from api.inference import generate, generation_job
 from api.schemas.chat import ChatCompletionRequest, ChatFormat
 from api.schemas.completions import CompletionFormat, CompletionRequest
 from api.schemas.sampling import SamplingRequest
 from api.services import Services, ServicesDep
 from api.streaming import Format
-from common.protocol import ModelType
 
 router = APIRouter(tags=["chat"])
 
 
 async def _generate(body: SamplingRequest, make_format: Callable[[str, str, int], Format], request: Request,
                     services: Services) -> Response:
-    settings = services.settings
-    body.check(settings.chat_max_n)
-    info = await services.directory.resolve(body.model, ModelType.CHAT)
-    body.check_vocabulary(info.shape.vocab if info.shape else None)
-    job = body.to_job(settings.request_timeout_s)
+    job = await generation_job(services, body)
     fmt = make_format(job.id, body.model, job.created_ms // 1000)
     return await generate(request, services, job, fmt, body.stream, body.include_usage)
 

@@ -18,14 +18,20 @@ def model_card(info: ModelInfo, state: dict[str, Any] | None = None,
                holders: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """OpenAI's model object, plus what a local user wants to know: type, state (available, loading,
     loaded, parked, unloading, failed) and its error, placement, pinned, jobs waiting and running, and which
-    workers hold it (`workers`: id and state of each)."""
+    workers hold it (`workers`: id and state of each); for chat models the context length (the planned one
+    once placed, else the config's window) and the tool-call and reasoning parsers chosen for it."""
     state = state or {"state": "available"}
+    placement = state.get("placement") or {}
+    chat = info.chat
     return {"id": info.id, "object": "model", "created": 0, "owned_by": OWNER, "type": str(info.type),
             "size_bytes": info.size_bytes, "dtype": info.dtype, "architecture": info.architecture,
             "max_length": info.max_length, "state": state["state"], "error": state.get("error"),
             "placement": state.get("placement"), "pinned": bool(state.get("pinned", False)),
             "waiting_jobs": int(state.get("waiting", 0)), "running_jobs": int(state.get("running", 0)),
-            "workers": list(holders or [])}
+            "loading_seconds": state.get("loading_s"), "workers": list(holders or []),
+            "context_length": placement.get("max_model_len") or info.max_length,
+            "tool_parser": chat.tool_parser if chat else None,
+            "reasoning_parser": chat.reasoning_parser if chat else None}
 
 
 @router.get("/v1/models")

@@ -75,5 +75,6 @@ def check_token_ids(items: list[list[int]], vocab_size: int | None, param: str) 
     for i, ids in enumerate(items):
         bad = next((t for t in ids if not 0 <= t < vocab_size), None)
         if bad is not None:
-            raise InvalidRequest(f"{param}[{i}] holds token id {bad}; this model's vocabulary is [0, {vocab_size})",
+            label = param if len(items) == 1 else f"{param}[{i}]"
+            raise InvalidRequest(f"{label} holds token id {bad}; this model's vocabulary is [0, {vocab_size})",
                                  param=param, code="invalid_token_id")

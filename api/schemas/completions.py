@@ -48,6 +48,7 @@ class CompletionRequest(SamplingRequest):
 
     def check_vocabulary(self, vocab_size: int | None) -> None:
         """Token-id prompts must be ids of the model's vocabulary."""
+        super().check_vocabulary(vocab_size)
         check_token_ids([p for p in self._prompt_list() if isinstance(p, list)], vocab_size, "prompt")
 
     def prompts(self) -> list[dict[str, Any]]:

@@ -53,8 +53,11 @@ def engine_args(info: ModelInfo, settings: Settings, placement: Placement | None
         enforce_eager=settings.vllm_enforce_eager, trust_remote_code=settings.trust_remote_code,
         disable_log_stats=True, enable_sleep_mode=sleep, **planned,
         **({} if util is None else {"gpu_memory_utilization": util}),
-        # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever.
-        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+        # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever. The
+        # reasoning parser lets a grammar wait until the think block has ended.
+        structured_outputs_config=StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=True,
+            reasoning_parser=(info.chat.reasoning_parser if info.chat else None) or ""),
     )
 
 
@@ -114,18 +117,23 @@ class VllmChatEngine(ChatEngine):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        structured = None
-        if params.json is not None:
-            schema = params.json.get("schema")
-            structured = StructuredOutputsParams(json=schema, json_object=None if schema else True)
+        structured = None if params.structured is None else StructuredOutputsParams(**params.structured)
         return SamplingParams(
             n=1, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             stop=list(params.stop) or None, seed=params.seed, presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty, logprobs=params.logprobs,
+            frequency_penalty=params.frequency_penalty, logprobs=params.logprobs, top_k=params.top_k,
+            min_p=params.min_p, repetition_penalty=params.repetition_penalty, min_tokens=params.min_tokens,
+            ignore_eos=params.ignore_eos, stop_token_ids=list(params.stop_token_ids) or None,
+            skip_special_tokens=params.skip_special_tokens, logit_bias=params.logit_bias or None,
             structured_outputs=structured, output_kind=RequestOutputKind.DELTA)
 
     async def generate(self, request_id: str, prompt: list[int], params: GenerationParams) -> AsyncIterator[Delta]:
-        stream = self.engine.generate({"prompt_token_ids": prompt}, self._sampling(params), request_id)
+        try:
+            sampling = self._sampling(params)
+        except ValueError as exc:  # SamplingParams' own checks
+            raise InvalidRequest(f"the engine refused the request: {exc}", code="invalid_request") from exc
+        stream = self.engine.generate({"prompt_token_ids": prompt}, sampling, request_id,
+                                      reasoning_ended=params.reasoning_ended)
         finished = False
         try:
             try:
@@ -138,7 +146,9 @@ class VllmChatEngine(ChatEngine):
                 for out in output.outputs:
                     finished = out.finish_reason is not None
                     logprobs = _logprobs(out, params.logprobs or 0)
-                    yield Delta(out.text, len(out.token_ids), logprobs, _finish(out.finish_reason))
+                    ids = list(out.token_ids)
+                    yield Delta(out.text, len(ids), logprobs, _finish(out.finish_reason), ids,
+                                stop_reason=out.stop_reason)
         finally:
             if not finished:
                 await self.engine.abort(request_id)

@@ -18,7 +18,8 @@ from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.logs import request_context
 from common.protocol import Message, MessageKind, ModelType, now_ms
 from common.settings import Settings
-from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_json_schema
+from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_schemas
+from worker.engines.chat_output import OutputPlan, merge_wire, plan_output
 from worker.handlers.base import Handler
 from worker.models import ModelManager
 from worker.scheduler import Scheduler
@@ -36,6 +37,7 @@ class Sequence:
     index: int  # the choice index: prompt number x n + sample number
     prompt: list[int]
     params: GenerationParams
+    output: OutputPlan | None = None  # how the model's parsers read it (chat with tools or think blocks)
 
 
 class ChatHandler(Handler):
@@ -93,15 +95,23 @@ class ChatHandler(Handler):
     def _sequences(prep: ChatInputs, payload: dict[str, Any]) -> tuple[list[Sequence], int]:
         """One engine sequence per (prompt, sample), and the prompt tokens counted once per prompt."""
         n = int(payload.get("n", 1))
+        chat: dict[str, Any] = payload.get("chat") or {}
+        prep.parsers.check(chat)
+        tools = chat.get("tools") if chat.get("tool_choice") != "none" else None
         out, prompt_tokens = [], 0
         for p, source in enumerate(payload["prompts"]):
-            ids = prep.render(source.get("messages"), source.get("prompt"))
+            messages = source.get("messages")
+            kwargs = prep.template_kwargs(chat) if messages is not None else {}
+            ids = prep.render(messages, source.get("prompt"), chat.get("tools"), kwargs)
             prompt_tokens += len(ids)
             params = GenerationParams.from_wire(payload["params"], prep.budget(len(ids), payload.get("max_tokens")))
-            check_json_schema(params.json)
+            check_schemas(params, tools)
+            plan = None
+            if messages is not None:
+                plan, params = plan_output(prep.parsers, chat, kwargs, ids, params)
             for j in range(n):
                 seed = None if params.seed is None else params.seed + j
-                out.append(Sequence(p * n + j, ids, replace(params, seed=seed)))
+                out.append(Sequence(p * n + j, ids, replace(params, seed=seed), plan))
         return out, prompt_tokens
 
     async def run(self) -> None:
@@ -173,9 +183,10 @@ class ChatHandler(Handler):
         pause = SLOW_S if slow and slow in repr(delivery.job.payload) else 0.0
 
         async def pump(seq: Sequence) -> None:
+            reader = seq.output.reader() if seq.output else None
             try:
                 async for delta in engine.generate(f"{delivery.job.id}-{seq.index}", seq.prompt, seq.params):
-                    queue.put_nowait((seq.index, delta))
+                    queue.put_nowait((seq.index, reader.feed(delta) if reader else delta))
                     await asyncio.sleep(pause)
             except Exception as exc:
                 queue.put_nowait((seq.index, exc))
@@ -193,15 +204,10 @@ class ChatHandler(Handler):
                         raise item
                     completion += item.tokens
                     open_ -= item.finish_reason is not None
-                    choices.append(_choice(index, item))
-                await self.transport.reply(delivery, Message(MessageKind.DELTA, {"choices": choices}))
+                    choices.append(item.wire(index))
+                await self.transport.reply(delivery, Message(MessageKind.DELTA, {"choices": merge_wire(choices)}))
         finally:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
         return completion
-
-
-def _choice(index: int, delta: Delta) -> dict[str, Any]:
-    logprobs = None if delta.logprobs is None else [lp.wire() for lp in delta.logprobs]
-    return {"index": index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
