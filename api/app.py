@@ -16,7 +16,7 @@ from api.batches.service import BatchService
 from api.limits import BodyLimit
 from api.metrics import Metrics
 from api.observe import Observe, RequestCounter
-from api.routes import admin, chat, embeddings, health, models, rerank, status
+from api.routes import admin, chat, embeddings, health, messages, models, rerank, responses, status
 from api.services import Services
 from common.settings import Settings
 
@@ -55,6 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=UPLOAD_PATHS)
     app.add_middleware(BearerAuth, settings=settings)
     app.add_middleware(errors.CatchAll)  # outside the others: a fault anywhere is a 500, the connection kept
-    for module in (chat, embeddings, models, health, status, rerank, batches, admin):
+    for module in (chat, responses, messages, embeddings, models, health, status, rerank, batches, admin):
         app.include_router(module.router)
     return app

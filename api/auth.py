@@ -49,7 +49,7 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(problem, AuthenticationFailed) else None
-        await error_response(problem, headers)(scope, receive, send)
+        await error_response(problem, headers, scope["path"])(scope, receive, send)
 
     def _check(self, scope: Scope) -> ServiceError | None:
         admin = scope["path"].startswith(ADMIN_PREFIXES)
@@ -57,10 +57,12 @@ class BearerAuth:
             return None if not self.api_keys else PermissionDenied("admin routes need LLM_ADMIN_API_KEYS to be set")
         if not admin and not self.api_keys:
             return None
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            return AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not token:  # Anthropic's clients send the key as `x-api-key`
+            scheme, token = b"bearer", headers.get(b"x-api-key", b"")
+        if not token.strip():
+            return AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key')")
         token = token.strip()
         if _matches(token, self.admin_keys if admin else self.api_keys + self.admin_keys):
             return None

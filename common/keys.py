@@ -34,7 +34,7 @@ CANCEL_PREFIX = PREFIX + "cancel:"
 WORKERS_SET = PREFIX + "workers"
 WORKER_PREFIX = PREFIX + "worker:"
 
-ADMIN_STREAM = PREFIX + "admin"  # admin commands (load, unload) every worker reads, without a group
+ADMIN_STREAM = PREFIX + "admin"  # admin commands (load, unload, rescan) every worker reads, without a group
 ADMIN_STREAM_MAXLEN = 1_000
 PINS = PREFIX + "pins"  # hash: model id -> "1" pinned / "0" unpinned by an admin (overrides LLM_PINNED_MODELS)
 
@@ -109,3 +109,12 @@ def cancel_key(request_id: str) -> str:
 
 def worker_key(worker_id: str) -> str:
     return WORKER_PREFIX + worker_id
+
+
+# Responses API (api/doors/): each stored response (`store`, the default) with the conversation that led to it, for
+# `previous_response_id` and `GET /v1/responses/{id}`; it expires after LLM_RESPONSES_TTL_S.
+RESPONSE_PREFIX = PREFIX + "response:"
+
+
+def response_key(response_id: str) -> str:
+    return RESPONSE_PREFIX + response_id

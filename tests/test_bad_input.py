@@ -41,6 +41,8 @@ TEXT_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {**CH, "response_format": schema_format({"type": "object", "description": S})}),
     ("/v1/completions", {**CMPL, "prompt": S}), ("/v1/completions", {**CMPL, "prompt": ["ok", S]}),
     ("/v1/completions", {**CMPL, "stop": [S]}), ("/v1/completions", {**CMPL, "suffix": S}),
+    ("/v1/responses", {"model": CHAT, "input": S}),
+    ("/v1/responses", {"model": CHAT, "input": "hi", "instructions": S}),
     *[(route, body) for route in ("/v1/rerank", "/v2/rerank", "/rerank") for body in (
         {**RR, "query": S}, {**RR, "documents": ["ok", S]}, {**RR, "documents": [{"text": S}]},
         {**RR, "instruction": S}, {**RR, "model": S})],
@@ -124,3 +126,11 @@ def test_valid_requests_still_pass_on_the_same_connection(wire: KeepAlive) -> No
     assert wire.request("POST", "/v1/embeddings", {**EMB, "input": "caf\u00e9 \U0001f600"})[0] == 200
     good = {**CH, "response_format": schema_format({"type": "object", "properties": {"a": {"type": "integer"}}})}
     assert wire.request("POST", "/v1/chat/completions", good)[0] == 200
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/chat/complete"), ("GET", "/v1/nothing-here"),
+                                              ("POST", "/v1/messages/count_tokens")])
+def test_an_unknown_route_is_unsupported_endpoint_naming_it(wire: KeepAlive, method: str, path: str) -> None:
+    status, body = wire.request(method, path, {})
+    assert status == 404 and body["error"]["code"] == "unsupported_endpoint"
+    assert path in body["error"]["message"]

@@ -49,6 +49,7 @@ def routes(stack: Stack) -> list[tuple[str, str]]:
 
 
 PROBES = ("/health/live", "/health/ready")  # they hold no data: no key needed (container healthchecks)
+COHERE_PATHS = ("/v1/embed", "/v2/embed")
 
 
 def test_every_route_but_the_probes_needs_a_key(keyed: Stack) -> None:
@@ -59,9 +60,23 @@ def test_every_route_but_the_probes_needs_a_key(keyed: Stack) -> None:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
                 response = http.request(method, path, headers=headers)
                 assert response.status_code in (401, 403), (method, path, headers, response.status_code)
-                assert response.json()["error"]["type"] in ("authentication_error", "permission_error")
+                if path in COHERE_PATHS:  # Cohere's error envelope on Cohere's routes
+                    assert set(response.json()) == {"message"}, (path, response.text)
+                elif path == "/v1/messages":  # and Anthropic's on Anthropic's
+                    assert response.json()["type"] == "error", response.text
+                    assert response.json()["error"]["type"] in ("authentication_error", "permission_error")
+                else:
+                    assert response.json()["error"]["type"] in ("authentication_error", "permission_error")
         assert http.get("/health/live").status_code == 200
         assert http.get("/health/ready").json() == {"ready": True}
+
+
+def test_the_key_may_come_as_x_api_key(keyed: Stack) -> None:
+    """Anthropic's clients send `x-api-key`, not a Bearer token."""
+    with httpx.Client(base_url=keyed.base_url, timeout=30) as http:
+        assert http.get("/v1/models", headers={"x-api-key": KEY}).status_code == 200
+        wrong = http.post("/v1/messages", headers={"x-api-key": "nope"}, json={})
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
 
 
 def test_an_ordinary_key_on_an_admin_route_is_403(keyed: Stack) -> None:
