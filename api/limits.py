@@ -47,4 +47,4 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes")
-        await error_response(exc, headers={"Connection": "close"})(scope, receive, send)
+        await error_response(exc, headers={"Connection": "close"}, path=scope["path"])(scope, receive, send)

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
 
     # --- where things are ---
     models_dir: Path = Field(Path("./models"), description="Folder of model folders (HF layout).")
+    default_models: bool = Field(
+        True, description="Serve the packaged all-MiniLM-L6-v2 as `all-minilm-l6-v2` when the models folder has none.")
     models_rescan_s: float = Field(30.0, gt=0.0, description="How often the worker rescans the models folder.")
     data_dir: Path = Field(Path("./data"), description="Batch files and embedded Redis data.")
     host: str = Field("127.0.0.1", description="API bind address.")
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
     embedding_compile: bool = Field(False, description="torch.compile each layer of embedding models on CUDA.")
     embedding_max_batch_size: int = Field(256, ge=1)
     embedding_truncate: bool = Field(True, description="Truncate over-long inputs (else 400).")
+    embedding_token_ids: Literal["cl100k", "model"] = Field(
+        "cl100k", description="Token-id inputs: OpenAI's cl100k_base ids (decoded to text), or the model's own.")
     max_inputs_per_request: int = Field(2048, ge=1)
 
     # --- rerank ---
@@ -87,6 +91,8 @@ class Settings(BaseSettings):
     # --- transport ---
     request_timeout_s: float = Field(600.0, gt=0.0)
     result_ttl_s: int = Field(300, ge=5, description="Expiry of per-request result streams.")
+    responses_ttl_s: int = Field(
+        30 * 86_400, ge=1, description="How long a stored Responses API response (and its conversation) is kept.")
     worker_heartbeat_s: float = Field(1.0, gt=0.0, description="A worker is dead after 3 missed beats.")
     max_deliveries: int = Field(3, ge=1, description="Deliveries before a job is dead-lettered.")
     max_queued_jobs: int = Field(10_000, ge=1, description="Waiting jobs per model type before 429.")

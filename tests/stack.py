@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -15,6 +16,15 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_MARKER = "SLOW-STREAM-MARKER"
+
+
+def tiktoken_cache_dir() -> str | None:
+    """A tiktoken cache holding cl100k_base, from llama-index-core (the `test` extra), for TIKTOKEN_CACHE_DIR: the API
+    reads token-id embedding inputs with it, and LangChain's OpenAIEmbeddings tokenises with it, both offline."""
+    spec = importlib.util.find_spec("llama_index.core")
+    if spec is None or spec.origin is None:
+        return None
+    return str(Path(spec.origin).parent / "_static" / "tiktoken_cache")
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiktoken
 from openai import AsyncOpenAI, OpenAI
 from sentence_transformers import SentenceTransformer
 
@@ -70,8 +71,10 @@ def test_dimensions_truncate_and_renormalise(client: OpenAI, minilm: SentenceTra
         assert cosine(vec, ref) >= 0.9999
 
 
-def test_token_inputs_equal_text_inputs(client: OpenAI, minilm: SentenceTransformer) -> None:
-    ids = [minilm.tokenizer(t)["input_ids"] for t in TEXTS[:2]]
+def test_token_inputs_equal_text_inputs(client: OpenAI) -> None:
+    """Token ids are OpenAI's cl100k_base ids (LLM_EMBEDDING_TOKEN_IDS=cl100k, the default): embedded as their text.
+    The model-vocabulary reading: tests/test_embedding_token_ids.py."""
+    ids = [tiktoken.get_encoding("cl100k_base").encode(t) for t in TEXTS[:2]]
     by_tokens = client.embeddings.create(model=MINILM, input=ids).data
     single = client.embeddings.create(model=MINILM, input=ids[0]).data
     by_text = client.embeddings.create(model=MINILM, input=TEXTS[:2]).data

@@ -23,6 +23,7 @@ from api.deltas import join_deltas
 from api.schemas.chat import ChatCompletionRequest, ChatFormat
 from api.schemas.embeddings import EmbeddingRequest
 from api.schemas.rerank import RerankRequest
+from api.token_ids import reader
 from common import keys
 from common.errors import EngineFailure, InvalidRequest, ServiceError, ValidationFailed
 from common.protocol import Job, Message, ModelType, new_request_id
@@ -158,10 +159,11 @@ class Embeddings(Endpoint):
         jobs: list[Planned] = []
         errors: list[Outcome] = []
         groups: dict[tuple[str, int | None, bool], list[tuple[Line, list[Any]]]] = {}
+        read_ids = reader(self.settings.embedding_token_ids)  # token ids mean what they mean on /v1/embeddings
         for line in lines:
             try:
                 request = parse(EmbeddingRequest, line.body)
-                inputs: list[Any] = request.inputs(self.settings.max_inputs_per_request)
+                inputs: list[Any] = request.inputs(self.settings.max_inputs_per_request, read_ids)
             except ServiceError as exc:
                 errors.append(error_line(line, None, exc))
                 continue

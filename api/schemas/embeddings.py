@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
 from api.schemas.base import INT32_MAX, ApiRequest, check_token_ids
+from api.token_ids import TokenReader
 from common import keys
 from common.errors import InvalidRequest
 from common.protocol import Job, ModelType, new_request_id, now_ms
@@ -38,8 +39,9 @@ class EmbeddingRequest(ApiRequest):
     dimensions: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     user: str | None = None
 
-    def inputs(self, max_inputs: int) -> list[str] | list[list[int]]:
-        """The input as a list of texts or of token lists, with OpenAI's emptiness rules."""
+    def inputs(self, max_inputs: int, read_ids: TokenReader | None = None) -> list[str] | list[list[int]]:
+        """The input as a list of texts or of token lists, with OpenAI's emptiness rules; token lists become texts
+        when a `read_ids` is given (see api/token_ids.py)."""
         raw = self.input
         items: list[Any] = [raw] if isinstance(raw, str) else list(raw)
         if items and isinstance(items[0], int):
@@ -52,6 +54,8 @@ class EmbeddingRequest(ApiRequest):
         empty = [i for i, x in enumerate(items) if len(x) == 0]
         if empty:
             raise InvalidRequest(f"input[{empty[0]}] is empty", param="input", code="empty_input")
+        if read_ids is not None and isinstance(items[0], list):
+            return read_ids(items, "input")
         return items
 
     def check_vocabulary(self, vocab_size: int | None) -> None:
@@ -60,13 +64,13 @@ class EmbeddingRequest(ApiRequest):
             items = [self.input] if isinstance(self.input[0], int) else self.input
             check_token_ids(items, vocab_size, "input")
 
-    def to_job(self, max_inputs: int, timeout_s: float) -> Job:
+    def to_job(self, max_inputs: int, timeout_s: float, read_ids: TokenReader | None = None) -> Job:
         request_id = new_request_id("emb")
         created = now_ms()
         return Job(
             id=request_id, kind=str(ModelType.EMBEDDING), model=self.model,
             reply_to=keys.result_stream(request_id),
-            payload={"input": self.inputs(max_inputs), "dimensions": self.dimensions},
+            payload={"input": self.inputs(max_inputs, read_ids), "dimensions": self.dimensions},
             created_ms=created, deadline_ms=created + int(timeout_s * 1000),
         )
 
