@@ -1,4 +1,5 @@
-"""`llm-interface`: serve (local mode: Redis + API + worker), api, worker, models, plan, worker-health, batch watch."""
+"""`llm-interface`: serve (local mode: Redis + API + worker), api, worker, models, plan, pull, rm, worker-health,
+batch watch."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _run_worker(settings: Settings) -> None:
 def _list_models(settings: Settings) -> None:
     from common.discovery import scan_models
 
-    catalog = scan_models(settings.models_dir, settings.load_policy)
+    catalog = scan_models(settings.models_dir, settings.load_policy, settings.default_models)
     print(f"{'MODEL':40} {'TYPE':10} {'SIZE':>10}  ARCHITECTURE")
     for m in catalog.models.values():
         print(f"{m.id:40} {m.type!s:10} {m.size_bytes / 2**20:>8.1f}MB  {m.architecture or '-'}")
@@ -46,8 +47,12 @@ def _list_models(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-interface", description=__doc__)
-    parser.add_argument("command", choices=["serve", "api", "worker", "models", "plan", "worker-health", "batch"])
-    parser.add_argument("args", nargs="*", help="batch: `watch BATCH_ID` (a progress bar of its request counts)")
+    parser.add_argument("command", choices=["serve", "api", "worker", "models", "plan", "pull", "rm", "worker-health",
+                                            "batch"])
+    parser.add_argument("args", nargs="*", help="batch: `watch BATCH_ID` (a progress bar of its request counts); "
+                        "pull: `ORG/NAME[@REVISION]` (a Hugging Face repository); rm: `NAME` (a model folder)")
+    parser.add_argument("--name", help="pull: the model folder (and id) to save it as (default: the repository's NAME)")
+    parser.add_argument("--force", action="store_true", help="pull: replace a model folder of that name")
     parser.add_argument("--base-url", help="batch: the API's URL (default http://127.0.0.1:LLM_PORT)")
     parser.add_argument("--gpu-gb", type=float, help="plan: plan for a card of this many GiB (default: this GPU)")
     parser.add_argument("--json", action="store_true", help="plan: print the plan as JSON")
@@ -58,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         from worker.plan import main as plan_main
 
         return plan_main(settings, args.gpu_gb, args.json)
+    if args.command in ("pull", "rm"):
+        if len(args.args) != 1:
+            parser.error("usage: llm-interface pull ORG/NAME[@REVISION] [--name NAME] [--force], or rm NAME")
+        from cli import pull
+
+        if args.command == "rm":
+            return pull.remove(settings, args.args[0])
+        return pull.pull(settings, args.args[0], args.name, args.force)
     if args.command == "batch":
         if len(args.args) != 2 or args.args[0] != "watch":
             parser.error("usage: llm-interface batch watch BATCH_ID")

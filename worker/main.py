@@ -50,7 +50,7 @@ class Worker:
                          for h in handler_types}
         self.reclaimer = Reclaimer(redis, self.transport, self._admit, self._catalog_streams, settings.max_deliveries)
         self.router = Router(redis, self.transport, self.scheduler, self.models, settings)
-        self.admin = AdminCommands(redis, self.scheduler, settings.pinned_model_ids)
+        self.admin = AdminCommands(redis, self.scheduler, settings.pinned_model_ids, rescan=self._rescan)
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
