@@ -117,3 +117,34 @@ def test_admin_drop_and_pins(tmp_path: Path) -> None:
         await sched.close()
 
     asyncio.run(run())
+
+
+def test_a_load_is_visible_while_it_runs_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """`loading_s` in the states (what /v1/models and the status page show) while the load runs; log lines for
+    its start (size, placement), the job that waits for it, and its end (how long it took)."""
+    sched = scheduler(noop_models(tmp_path, "a"))
+    release = __import__("threading").Event()
+    monkeypatch.setattr(NoopEngine, "load", lambda self: release.wait(10))
+
+    async def run() -> dict[str, object]:
+        job = asyncio.ensure_future(sched.acquire("j1", "a", EMB, 0.0))
+        while sched.states()["a"]["state"] != "loading" or "loading_s" not in sched.states()["a"]:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.15)
+        during = sched.states()["a"]
+        release.set()
+        await job
+        sched.release("j1")
+        after = sched.states()["a"]
+        await sched.close()
+        return {"during": during, "after": after}
+
+    with caplog.at_level("INFO", logger="worker.scheduler"):
+        states = asyncio.run(run())
+    during, after = states["during"], states["after"]
+    assert isinstance(during, dict) and float(during["loading_s"]) > 0
+    assert isinstance(after, dict) and after["state"] == "loaded" and "loading_s" not in after
+    text = caplog.text
+    assert "loading a (embedding" in text and "on cpu" in text
+    assert "job j1 waits for a" in text and "loaded a in" in text

@@ -30,7 +30,7 @@ class ModelManager:
         self._inputs_lock = asyncio.Lock()
 
     def rescan(self) -> Catalog:
-        self.catalog = scan_models(self.settings.models_dir, self.settings.load_policy)
+        self.catalog = scan_models(self.settings.models_dir, self.settings.load_policy, self.settings.default_models)
         for problem in self.catalog.problems:
             log.warning("model folder %r not served: %s", problem.path, problem.error)
         return self.catalog

@@ -21,7 +21,7 @@ from worker.scheduler import device_memory
 def plan_report(settings: Settings, gpu_gb: float | None = None) -> dict[str, Any]:
     """The plan as data: the card, the budget and one row per model (`--json` prints `models`)."""
     models = ModelManager(settings)
-    models.catalog = scan_models(settings.models_dir, settings.load_policy)
+    models.catalog = scan_models(settings.models_dir, settings.load_policy, settings.default_models)
     params = PlannerParams.from_settings(settings)
     if gpu_gb is not None:
         gpu: GpuInfo | None = GpuInfo.simulated(gpu_gb)

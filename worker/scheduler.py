@@ -59,6 +59,7 @@ class Scheduler:
         self.policy = Policy(PolicyConfig.from_settings(settings, self.budget), self)
         self.engines: dict[str, Engine] = {}  # resident, serving
         self._parked: dict[str, Engine] = {}  # evicted, weights kept in CPU memory
+        self._loading_since: dict[str, float] = {}  # models being loaded now: since when (for /v1/models)
         self._grants: dict[str, asyncio.Future[Engine]] = {}  # job id -> its engine, once granted
         self._cancelled: set[str] = set()  # loads the policy cancelled while they ran
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,11 +82,15 @@ class Scheduler:
         grant: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
         self._grants[job_id] = grant
         self.policy.job_waiting(job_id, model_id, since, time.time())
+        if model_id not in self.engines:  # not resident: the job waits for a load, and its log line says so
+            log.info("job %s waits for %s (%s)", job_id, model_id,
+                     "loading" if model_id in self._loading_since else "to be loaded")
         try:
-            return await grant
+            engine = await grant
         except BaseException:  # refused, or the job's caller left / its deadline passed while it waited
             self.release(job_id)
             raise
+        return engine
 
     def release(self, job_id: str) -> None:
         """The job is answered, cancelled or expired: its model may be switched away now."""
@@ -145,6 +150,8 @@ class Scheduler:
             out[model_id] = {"state": str(st.state), "error": st.error, "pinned": st.pinned,
                              "waiting": st.waiting, "running": st.running, "placement": placement,
                              "oldest_s": 0.0 if st.oldest_job is None else round(max(0.0, now - st.oldest_job), 3)}
+            if model_id in self._loading_since:
+                out[model_id]["loading_s"] = round(now - self._loading_since[model_id], 1)
         return out
 
     def capacity(self) -> dict[str, Any]:
@@ -199,13 +206,23 @@ class Scheduler:
 
     async def _load(self, model_id: str, placement: Placement) -> None:
         started = time.perf_counter()
+        self._loading_since[model_id] = time.time()
+        try:
+            await self._load_engine(model_id, placement, started)
+        finally:
+            self._loading_since.pop(model_id, None)
+
+    async def _load_engine(self, model_id: str, placement: Placement, started: float) -> None:
+        info = self.models.catalog.models[model_id]
+        log.info("loading %s (%s, %.1f MiB on disk) on %s: %.1f MiB there, %.1f MiB offloaded to CPU memory%s",
+                 model_id, info.type, info.size_bytes / 2**20, placement.device, placement.gpu_bytes / 2**20,
+                 placement.cpu_offload_bytes / 2**20, ", from its parked copy" if model_id in self._parked else "")
         engine = self._parked.pop(model_id, None)
         if engine is not None:
             engine = await self._wake(model_id, engine)
         warm = engine is not None
         try:
             if engine is None:
-                info = self.models.catalog.models[model_id]
                 engine = await asyncio.to_thread(make_engine, info, self.settings, placement)
                 await asyncio.to_thread(engine.load)
         except Exception as exc:  # a model that fails to load answers its jobs; the worker goes on

@@ -69,4 +69,5 @@ def _model_row(info: ModelInfo, state: dict[str, Any], holders: list[dict[str, s
             "kv_cache_bytes": placement.get("kv_cache_bytes") or None, "context": placement.get("max_model_len"),
             "memory_bytes": placement.get("gpu_bytes") or placement.get("weight_bytes") if resident else None,
             "pinned": bool(state.get("pinned")), "waiting_jobs": int(state.get("waiting", 0)),
+            "loading_seconds": state.get("loading_s"),
             "workers": [f"{h['worker']} ({h['state']})" for h in holders]}
