@@ -8,6 +8,16 @@ import subprocess
 import time
 from pathlib import Path
 
+URL_FILE = "url"  # in the embedded Redis's folder: where it listens now
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Redis `serve` started with this data folder, if it did."""
+    try:
+        return (data_dir / URL_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
 
 def find_server() -> str:
     for name in ("redis-server", "valkey-server"):
@@ -49,7 +59,9 @@ def start(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[byt
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0"
+                    url = f"redis://127.0.0.1:{port}/0"
+                    (data_dir / URL_FILE).write_text(url + "\n", encoding="utf-8")  # for `worker-health`
+                    return proc, url
         except OSError:
             time.sleep(0.05)
     proc.kill()

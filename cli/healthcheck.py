@@ -1,4 +1,5 @@
-"""`llm-interface worker-health`: exit 0 while a worker on this host heart-beats in Redis.
+"""`llm-interface worker-health`: exit 0 while a worker on this host heart-beats in Redis (LLM_REDIS_URL, or the
+embedded one of `serve` in the one-container image).
 
 A worker publishes `llm:worker:{id}` with an expiry of three heartbeats (`LLM_WORKER_HEARTBEAT_S`), so
 the key exists only while the worker's loop runs and reaches Redis. The id is `LLM_WORKER_ID` when set,
@@ -13,6 +14,7 @@ import socket
 from redis import Redis
 from redis.exceptions import RedisError
 
+from cli.embedded_redis import running_url
 from common import keys
 from common.settings import Settings
 
@@ -21,9 +23,18 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
+def redis_url(settings: Settings) -> str:
+    """LLM_REDIS_URL; without it, the embedded Redis of `serve` (the one-container image), else the default."""
+    if settings.redis_url is None:
+        embedded = running_url(settings.data_dir / "redis")
+        if embedded is not None:
+            return embedded
+    return settings.effective_redis_url
+
+
 def worker_heartbeats(settings: Settings, hostname: str | None = None) -> list[str]:
     """The heartbeat keys in Redis that belong to this host's worker (or to `LLM_WORKER_ID`)."""
-    redis = Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    redis = Redis.from_url(redis_url(settings), socket_connect_timeout=2.0, socket_timeout=2.0)
     try:
         if settings.worker_id:
             key = keys.worker_key(settings.worker_id)

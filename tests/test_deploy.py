@@ -14,16 +14,20 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 
-from tests.stack import ROOT
+from tests.stack import ROOT, free_port, tiktoken_cache_dir, wait_until
 from tests.tools import npm_package, venv_tool
 
 COMPOSE = ROOT / "compose.yaml"
@@ -188,3 +192,50 @@ def test_api_healthchecks_need_no_key() -> None:
         urls = re.findall(r"http://127\.0\.0\.1:\d+(/[^'\" ]*)", command)
         assert urls, command
         assert all(path in OPEN_PATHS for path in urls), (command, sorted(OPEN_PATHS))
+
+
+def _image_env(dockerfile: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, arg in _instructions(dockerfile):
+        if op == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(arg))
+    return env
+
+
+def test_the_worker_image_runs_everything_in_one_container(tmp_path: Path) -> None:
+    """The worker image's own command (`serve`: API, worker and an embedded Redis) run outside Docker with the
+    image's environment, its folders moved under tmp_path: with an empty models folder it serves the packaged
+    model, and the image's healthcheck finds its worker through the embedded Redis."""
+    steps = _instructions(ROOT / "Dockerfile.worker")
+    command = json.loads(dict(steps)["CMD"])
+    healthcheck = json.loads(dict(steps)["HEALTHCHECK"].split("CMD", 1)[1])
+    assert command == ["llm-interface", "serve"]
+    port = free_port()
+    image_env = _image_env(ROOT / "Dockerfile.worker")
+    env = {**os.environ, **image_env, "LLM_MODELS_DIR": str(tmp_path / "models"),
+           "LLM_DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path), "LLM_PORT": str(port),
+           "LLM_WORKER_HEARTBEAT_S": "0.5"}
+    env.pop("LLM_REDIS_URL", None)
+    env["TIKTOKEN_CACHE_DIR"] = tiktoken_cache_dir() or str(tmp_path / "tiktoken")
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen([str(bin_dir / command[0]), *command[1:]], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return any(m["id"] == "all-minilm-l6-v2" for m in httpx.get(f"{base}/v1/models").json()["data"])
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+
+        wait_until(ready, 120, "the one-container start serving the packaged model")
+        answer = httpx.post(f"{base}/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}, timeout=120)
+        assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 384
+        check = subprocess.run([str(bin_dir / healthcheck[0]), *healthcheck[1:]], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert (tmp_path / "data" / "redis").is_dir()  # the embedded Redis keeps its data on the /data volume
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=90)
