@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from api.results import ResultRouter
 from common import keys
+from common.deltas import merge_wire
 from common.errors import DeadlineExceeded, InvalidRequest, Overloaded, Unavailable, from_wire
 from common.logs import request_id_var
 from common.protocol import DATA_FIELD, Job, Message, MessageKind, now_ms
@@ -74,6 +75,7 @@ class Dispatcher:
         503 when the worker serving a started answer died."""
         queue = self.router.open(job.id)
         finished = started = False
+        held: Message | None = None  # taken from the queue while coalescing, answered next
         try:
             entry_id = await self.submit(job)
             loop = asyncio.get_running_loop()
@@ -83,11 +85,15 @@ class Dispatcher:
                 if remaining <= 0:
                     raise DeadlineExceeded(f"no answer within {timeout_s:g} s")
                 try:
-                    message = await asyncio.wait_for(queue.get(), min(remaining, STALL_CHECK_S))
+                    message = held if held is not None else await asyncio.wait_for(
+                        queue.get(), min(remaining, STALL_CHECK_S))
+                    held = None
                 except TimeoutError:
                     if started and await self._owner_dead(job, entry_id):
                         raise Unavailable("the worker serving this request stopped; please retry") from None
                     continue
+                if message.kind is MessageKind.DELTA and not queue.empty():
+                    message, held = coalesce(message, queue)
                 if message.kind is MessageKind.ERROR:
                     finished = True
                     raise from_wire(message.body)
@@ -110,3 +116,19 @@ class Dispatcher:
             return not await self.redis.exists(keys.worker_key(pending[0]["consumer"].decode()))
         except (RedisError, OSError):
             return False
+
+
+def coalesce(first: Message, queue: asyncio.Queue[Message]) -> tuple[Message, Message | None]:
+    """`first` and every delta queued behind it as one delta message (what piled up while the caller read
+    slower than the worker wrote: one SSE write instead of many), and the non-delta message that ended the run."""
+    deltas, held = [first], None
+    while not queue.empty():
+        message = queue.get_nowait()
+        if message.kind is not MessageKind.DELTA:
+            held = message
+            break
+        deltas.append(message)
+    if len(deltas) == 1:
+        return first, held
+    choices = sorted((c for d in deltas for c in d.body["choices"]), key=lambda c: c["index"])  # stable
+    return Message(MessageKind.DELTA, {**deltas[-1].body, "choices": merge_wire(choices)}), held

@@ -14,12 +14,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from common.deltas import merge_wire
 from common.errors import DeadlineExceeded, EngineFailure, ServiceError
 from common.logs import request_context
 from common.protocol import Message, MessageKind, ModelType, now_ms
 from common.settings import Settings
 from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_schemas
-from worker.engines.chat_output import OutputPlan, merge_wire, plan_output
+from worker.engines.chat_output import OutputPlan, plan_output
 from worker.handlers.base import Handler
 from worker.models import ModelManager
 from worker.scheduler import Scheduler
