@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -35,6 +34,7 @@ from openai import OpenAI
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.util import machine
 from tests.model_factory import _WORDS, copy_minilm, make_qwen3_embedding
 from tests.stack import RedisServer, Stack
 
@@ -172,14 +172,6 @@ def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
             "latency_idle_ms": {"p50": pct(idle, 0.5), "p95": pct(idle, 0.95)},
             "latency_during_batch_ms": {"p50": pct(busy, 0.5), "p95": pct(busy, 0.95)},
             "batch_lines_done_during_probe": progressed}
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "torch": torch.__version__}
 
 
 def print_table(result: dict[str, Any]) -> None:

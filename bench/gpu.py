@@ -55,7 +55,7 @@ from bench.gpu_timing import (
     run_batches,
     timed,
 )
-from bench.util import output_path, write_json
+from bench.util import machine, output_path, write_json
 from common.discovery import ModelInfo, scan_models
 from worker.engines.base import compile_layers, pad_batch
 from worker.engines.embedding import EmbeddingEngine, shape_vector
@@ -162,7 +162,7 @@ def compiled_rate(plan: Plan, engine: EmbeddingEngine, work: Callable[[Any], Any
 def describe(plan: Plan) -> dict[str, Any]:
     import transformers
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+    info: dict[str, Any] = {**machine(), "python": platform.python_version(), "torch": torch.__version__,
                             "transformers": transformers.__version__, "cpu_cores": os.cpu_count(),
                             "stand_ins": gm.SHIMMED}
     if plan.device.startswith("cuda"):

@@ -11,8 +11,8 @@ and msgpack where missing, see bench/gpu_models.py), on random-weight models of 
 - offload: the embedding model under a budget smaller than itself, split between GPU and CPU memory by
   accelerate, answering like the CPU (fp32) reference (cosine).
 
-    PYTHONPATH=. python3 -m bench.gpu_check     # one CUDA device; writes bench/results/gpu_check.json and the
-                                                # table in docs/benchmarks.md ("GPU check of the memory plan")
+    PYTHONPATH=. python3 -m bench.gpu_check     # one CUDA device; writes bench/results/gpu_check.json (copy it to
+                                                # bench/reference/<kind>/ and `python -m bench report` for the page)
     python -m bench gpu_check --smoke           # tiny shapes on the CPU: the code paths only (CI)
 """
 
@@ -45,7 +45,6 @@ from worker.engines.registry import make_engine
 from worker.models import ModelManager
 from worker.scheduler import Scheduler
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## GPU check of the memory plan"
 BUDGET_GB = 8.0
 TOLERANCE = 0.10
@@ -203,14 +202,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text(encoding="utf-8") if DOCS.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", flags=re.M | re.S)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text, encoding="utf-8")
-    print(f"wrote {DOCS}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (the code paths only)")
@@ -222,10 +213,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         result = run(Path(tmp), args.smoke)
     write_json(output_path("gpu_check", args.smoke, args.out), result)
-    section = table(result)
-    print(section)
-    if not args.smoke and args.out is None:
-        write_docs(section)
+    print(table(result))
     return 0
 
 

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ import httpx
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.util import machine
 from tests.model_factory import make_bert_cross_encoder
 from tests.stack import RedisServer, Stack
 
@@ -135,13 +135,6 @@ def measure(plan: Plan, folder: Path, workdir: Path) -> dict[str, Any]:
     return {"plan": asdict(plan), "pairs": pairs, "machine": machine(),
             "stack_pairs_per_s": round(stack_rate, 1), "cross_encoder_pairs_per_s": round(ce_rate, 1),
             "ratio": round(stack_rate / ce_rate, 3), "stack_s": stack_s, "cross_encoder_s": ce_s}
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def print_table(result: dict[str, Any]) -> None:

