@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import instructor
 import pytest
@@ -66,8 +66,9 @@ def test_langchain_structured_output_by_function_calling(stack: Stack) -> None:
     assert isinstance(booking, Booking)
 
 
-@pytest.mark.timeout(300)
-def test_openai_agents_function_tool(stack: Stack) -> None:
+def run_weather_agent(base_url: str, model_class: type[Any]) -> tuple[list[str], Any]:
+    """An openai-agents agent with one function tool on `model_class` (Chat Completions or Responses) over the
+    trained tool model, asked for the weather: the cities the tool was called with, and the final output."""
     set_tracing_disabled(True)
     cities: list[str] = []
 
@@ -78,9 +79,15 @@ def test_openai_agents_function_tool(stack: Stack) -> None:
         return "sunny"
 
     weather.name = "get_weather"
-    client = AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0)
+    client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
     agent = Agent(name="weather", instructions="You are a weather agent.", tools=[weather],
-                  model=OpenAIChatCompletionsModel(model=TOOLS_MODEL, openai_client=client),
+                  model=model_class(model=TOOLS_MODEL, openai_client=client),
                   model_settings=ModelSettings(temperature=0, max_tokens=60))
     result = asyncio.run(Runner.run(agent, "What is the weather in Paris?", max_turns=4))
-    assert cities and isinstance(result.final_output, str) and result.final_output
+    return cities, result.final_output
+
+
+@pytest.mark.timeout(300)
+def test_openai_agents_function_tool(stack: Stack) -> None:
+    cities, output = run_weather_agent(stack.base_url, OpenAIChatCompletionsModel)
+    assert cities and isinstance(output, str) and output

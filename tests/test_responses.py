@@ -3,17 +3,17 @@ streaming events, reasoning items, function calls and their outputs, stored foll
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
-from openai import AsyncOpenAI, OpenAI
+from agents import OpenAIResponsesModel
+from openai import OpenAI
 
 from tests.stack import Stack
+from tests.test_clients_tools import run_weather_agent
 from tests.trained_models import THINK_ANSWER, THOUGHT
 
 CHAT = "tiny-qwen2-chat"
@@ -174,19 +174,5 @@ def test_bad_input_is_a_4xx_in_the_openai_envelope(stack: Stack, body: dict[str,
 
 @pytest.mark.timeout(300)
 def test_openai_agents_responses_model(stack: Stack) -> None:
-    set_tracing_disabled(True)
-    cities: list[str] = []
-
-    @function_tool
-    def weather(city: str) -> str:
-        """Get the weather for a city."""
-        cities.append(city)
-        return "sunny"
-
-    weather.name = "get_weather"
-    client = AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0)
-    agent = Agent(name="weather", instructions="You are a weather agent.", tools=[weather],
-                  model=OpenAIResponsesModel(model=TOOLS_MODEL, openai_client=client),
-                  model_settings=ModelSettings(temperature=0, max_tokens=60))
-    result = asyncio.run(Runner.run(agent, "What is the weather in Paris?", max_turns=4))
-    assert cities and isinstance(result.final_output, str) and result.final_output
+    cities, output = run_weather_agent(stack.base_url, OpenAIResponsesModel)
+    assert cities and isinstance(output, str) and output
