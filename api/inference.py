@@ -16,7 +16,7 @@ from api.deltas import Choice, collect, join_deltas
 from api.responses import JSONBytes
 from api.schemas.sampling import SamplingRequest
 from api.services import Services
-from api.streaming import Format, sse
+from api.streaming import Format, chain, sse
 from common.errors import CallerGone, ServiceError, Unavailable
 from common.protocol import Job, Message, MessageKind, ModelType
 
@@ -62,20 +62,34 @@ async def generation_job(services: Services, body: SamplingRequest) -> Job:
     return body.to_job(settings.request_timeout_s)
 
 
+async def _whole(request: Request, messages: AsyncIterator[Message]) -> tuple[list[Choice], dict[str, Any]]:
+    """A generation's choices and usage (counted), read to its end while the caller is there."""
+    choices, usage = await until_disconnected(request, collect(messages))
+    count_usage(request, usage)
+    return choices, usage
+
+
+async def _first(request: Request, messages: AsyncIterator[Message]) -> Message:
+    """A stream's first message, timed as the time to first token; an error before it is a plain HTTP error."""
+    started = time.perf_counter()
+    first = await until_disconnected(request, anext(messages))
+    request.app.state.metrics.ttft.observe(time.perf_counter() - started)
+    return first
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 async def generate(request: Request, services: Services, job: Job, fmt: Format, stream: bool,
                    include_usage: bool) -> Response:
     """A generation job as one JSON response or as an SSE stream (errors before the first token: plain HTTP)."""
     messages = services.dispatcher.stream(job, services.settings.request_timeout_s)
-    started = time.perf_counter()
     if not stream:
-        choices, usage = await until_disconnected(request, collect(messages))
-        count_usage(request, usage)
-        return JSONBytes(fmt.response(choices, usage))
-    first = await until_disconnected(request, anext(messages))  # errors before a token: plain HTTP
-    request.app.state.metrics.ttft.observe(time.perf_counter() - started)
-    events = sse(first, messages, fmt, include_usage, lambda usage: count_usage(request, usage))
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONBytes(fmt.response(*await _whole(request, messages)))
+    first = await _first(request, messages)
+    return _event_stream(sse(first, messages, fmt, include_usage, lambda usage: count_usage(request, usage)))
 
 
 class Door(Protocol):
@@ -98,11 +112,9 @@ class Door(Protocol):
 async def _door_events(first: Message, rest: AsyncIterator[Message], door: Door, request: Request
                        ) -> AsyncIterator[bytes]:
     seen: list[Message] = []
-    pending = [first]
     yield b"".join(door.start_events())
     try:
-        while True:
-            message = pending.pop() if pending else await anext(rest)
+        async for message in chain(first, rest):
             if message.kind is MessageKind.DELTA:
                 seen.append(message)
                 events = [e for delta in message.body["choices"] for e in door.delta_events(delta)]
@@ -115,7 +127,6 @@ async def _door_events(first: Message, rest: AsyncIterator[Message], door: Door,
                 await door.keep(response)
                 yield b"".join(door.end_events(response))
                 return
-    except StopAsyncIteration:
         yield b"".join(door.error_events(Unavailable("the generation ended without a result")))
     except ServiceError as exc:
         yield b"".join(door.error_events(exc))
@@ -125,13 +136,8 @@ async def generate_door(request: Request, services: Services, job: Job, door: Do
     """A generation job answered in another API's shape: one JSON object, or that API's event stream."""
     messages = services.dispatcher.stream(job, services.settings.request_timeout_s)
     if not stream:
-        choices, usage = await until_disconnected(request, collect(messages))
-        count_usage(request, usage)
-        response = door.response(choices, usage)
+        response = door.response(*await _whole(request, messages))
         await door.keep(response)
         return JSONBytes(response)
-    started = time.perf_counter()
-    first = await until_disconnected(request, anext(messages))  # errors before a token: plain HTTP
-    request.app.state.metrics.ttft.observe(time.perf_counter() - started)
-    return StreamingResponse(_door_events(first, messages, door, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    first = await _first(request, messages)
+    return _event_stream(_door_events(first, messages, door, request))

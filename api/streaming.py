@@ -28,17 +28,18 @@ def event(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+async def chain(first: Message, rest: AsyncIterator[Message]) -> AsyncIterator[Message]:
+    """A stream's messages again, its first (read before the response began) included."""
+    yield first
+    async for message in rest:
+        yield message
+
+
 async def sse(first: Message, rest: AsyncIterator[Message], fmt: Format, include_usage: bool,
               on_usage: Callable[[dict[str, Any]], None]) -> AsyncIterator[bytes]:
     seen: set[int] = set()
-
-    async def messages() -> AsyncIterator[Message]:
-        yield first
-        async for message in rest:
-            yield message
-
     try:
-        async for message in messages():
+        async for message in chain(first, rest):
             if message.kind is MessageKind.DELTA:  # one write per message, however many chunks it makes
                 events = []
                 for delta in message.body["choices"]:

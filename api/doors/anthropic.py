@@ -8,9 +8,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from api.doors.responses import chat_request
 from api.schemas.base import INT32_MAX, ApiRequest
-from api.schemas.chat import ChatCompletionRequest
+from api.schemas.chat import ChatCompletionRequest, chat_request
 from api.schemas.tools import FUNCTION_NAME
 from common.discovery import ModelInfo
 from common.errors import InvalidRequest

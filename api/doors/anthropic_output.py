@@ -11,19 +11,12 @@ import orjson
 from api.deltas import Choice
 from api.doors.anthropic import MessagesRequest
 from api.errors import anthropic_envelope
+from api.schemas.tools import arguments_object
 from common.errors import ServiceError
 
 
 def tool_use_id(call_id: str | None) -> str:
     return "toolu_" + (call_id.removeprefix("call_") if call_id else secrets.token_hex(12))
-
-
-def _input(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def content_blocks(choice: Choice) -> list[dict[str, Any]]:
@@ -33,7 +26,7 @@ def content_blocks(choice: Choice) -> list[dict[str, Any]]:
     if choice.text:
         blocks.append({"type": "text", "text": choice.text})
     blocks += [{"type": "tool_use", "id": tool_use_id(c["id"]), "name": c["function"]["name"],
-                "input": _input(c["function"]["arguments"])} for c in choice.calls()]
+                "input": arguments_object(c["function"]["arguments"])} for c in choice.calls()]
     return blocks
 
 
@@ -92,7 +85,6 @@ class MessagesDoor:
             function = call.get("function") or {}
             if call["index"] not in self.calls:
                 self.calls.add(call["index"])
-                out += self._close()
                 out += self._open("tool_use", {"type": "tool_use", "id": tool_use_id(call.get("id")),
                                                "name": function.get("name") or "", "input": {}})
             if function.get("arguments"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.schemas.base import INT32_MAX, ApiRequest
-from api.schemas.chat import ChatCompletionRequest, ReasoningEffort
+from api.schemas.chat import ChatCompletionRequest, ReasoningEffort, chat_request
 from api.schemas.tools import FUNCTION_NAME
-from common.errors import InvalidRequest, ValidationFailed
+from common.errors import InvalidRequest
 
 # Accepted and without effect here: OpenAI's storage, billing, caching and routing hints.
 IGNORED = frozenset({"metadata", "user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
@@ -89,10 +89,13 @@ class ResponsesRequest(ApiRequest):
             return [{"type": "message", "role": "user", "content": self.input}]
         return self.input
 
-    def to_chat(self, history: list[dict[str, Any]]) -> ChatCompletionRequest:
-        """The same generation as a chat completion request: instructions, the earlier conversation, the input."""
-        messages = ([{"role": "system", "content": self.instructions}] if self.instructions else [])
-        messages += history + input_messages(self.input_items())
+    def conversation(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The chat messages so far: the stored conversation of `previous_response_id`, then this input."""
+        return history + input_messages(self.input_items())
+
+    def to_chat(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
+        """The same generation as a chat completion request: the instructions, then the conversation."""
+        messages = ([{"role": "system", "content": self.instructions}] if self.instructions else []) + conversation
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "max_completion_tokens": self.max_output_tokens,
             "temperature": self.temperature, "top_p": self.top_p, "stream": self.stream,
@@ -118,14 +121,6 @@ class ResponsesRequest(ApiRequest):
             return {"type": "json_object"}
         return {"type": "json_schema", "json_schema": {"name": fmt.name or "response", "schema": fmt.schema_,
                                                        "strict": fmt.strict}}
-
-
-def chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
-    """Another API's request, translated, as a chat completion request; what does not validate is a 4xx."""
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise ValidationFailed.from_errors(exc.errors()) from None
 
 
 def _text(content: Any, where: str) -> str:

@@ -63,6 +63,21 @@ def output_text(output: list[dict[str, Any]]) -> str:
     return "".join(part["text"] for item in output if item["type"] == "message" for part in item["content"])
 
 
+def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output items as the chat messages of the assistant turn."""
+    text = output_text(output)
+    reasoning = "".join(p["text"] for item in output if item["type"] == "reasoning" for p in item["content"])
+    calls = [{"id": item["call_id"], "type": "function",
+              "function": {"name": item["name"], "arguments": item["arguments"]}}
+             for item in output if item["type"] == "function_call"]
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return [message]
+
+
 class ResponseShape:
     """The response object of one request, before (`in_progress`) and after its generation."""
 
@@ -224,33 +239,29 @@ class ResponsesDoor:
     def __init__(self, body: ResponsesRequest, response_id: str, store: ResponseStore,
                  conversation: list[dict[str, Any]]) -> None:
         self.shape = ResponseShape(body, response_id)
-        self.events = ResponseEvents(self.shape) if body.stream else None
+        self.events = ResponseEvents(self.shape)  # used only when streaming
         self.store = store
         self.conversation = conversation
         self.tail: list[bytes] = []
 
     def response(self, choices: list[Choice], usage: dict[str, Any]) -> dict[str, Any]:
-        if self.events is None:
+        if not self.shape.body.stream:
             return self.shape.final(choices, usage)
         self.tail = self.events.finish()
         return self.shape.final(choices, usage, self.events.output)
 
     def start_events(self) -> list[bytes]:
-        assert self.events is not None
         return self.events.start()
 
     def delta_events(self, delta: dict[str, Any]) -> list[bytes]:
-        assert self.events is not None
         return self.events.delta(delta)
 
     def end_events(self, response: dict[str, Any]) -> list[bytes]:
-        assert self.events is not None
         return self.tail + self.events.completed(response)
 
     def error_events(self, exc: ServiceError) -> list[bytes]:
-        assert self.events is not None
         return self.events.error(exc)
 
     async def keep(self, response: dict[str, Any]) -> None:
         if self.shape.body.store:
-            await self.store.save(response, self.conversation)
+            await self.store.save(response, self.conversation + output_messages(response["output"]))

@@ -12,29 +12,14 @@ from common import keys
 from common.errors import InvalidRequest, NotFound
 
 
-def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A response's output items as the chat messages of the assistant turn."""
-    text = "".join(p["text"] for item in output if item["type"] == "message" for p in item["content"])
-    reasoning = "".join(p["text"] for item in output if item["type"] == "reasoning" for p in item["content"])
-    calls = [{"id": item["call_id"], "type": "function",
-              "function": {"name": item["name"], "arguments": item["arguments"]}}
-             for item in output if item["type"] == "function_call"]
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
-    if calls:
-        message["tool_calls"] = calls
-    if reasoning:
-        message["reasoning_content"] = reasoning
-    return [message]
-
-
 class ResponseStore:
     def __init__(self, redis: Redis, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
 
-    async def save(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
-        """Keep the response, and the conversation with its own turn added for a follow-up."""
-        record = {"response": response, "messages": conversation + output_messages(response["output"])}
+    async def save(self, response: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        """Keep the response, and the chat messages a follow-up continues (its own turn included)."""
+        record = {"response": response, "messages": messages}
         await self.redis.set(keys.response_key(response["id"]), orjson.dumps(record), ex=self.ttl_s)
 
     async def _record(self, response_id: str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.doors.responses import ResponsesRequest, input_messages
+from api.doors.responses import ResponsesRequest
 from api.doors.responses_output import ResponsesDoor
 from api.doors.responses_store import ResponseStore
 from api.inference import generate_door, generation_job
@@ -24,9 +24,8 @@ def _store(services: Services) -> ResponseStore:
 async def create_response(body: ResponsesRequest, request: Request, services: ServicesDep) -> Response:
     body.check()
     store = _store(services)
-    history = await store.history(body.previous_response_id)
-    job = await generation_job(services, body.to_chat(history))
-    conversation = history + input_messages(body.input_items())
+    conversation = body.conversation(await store.history(body.previous_response_id))
+    job = await generation_job(services, body.to_chat(conversation))
     door = ResponsesDoor(body, "resp_" + job.id.partition("-")[2], store, conversation)
     return await generate_door(request, services, job, door, body.stream)
 

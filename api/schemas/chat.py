@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from api.deltas import Choice
 from api.schemas.base import INT32_MAX
@@ -12,7 +12,7 @@ from api.schemas.sampling import SamplingRequest
 from api.schemas.tools import ToolCall, ToolChoice, ToolDefinition, check_model_tools, check_tools
 from common.chat_template import template_kwargs
 from common.discovery import ModelInfo
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, ValidationFailed
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "conversation", "tools", "documents", "add_generation_prompt",
@@ -231,3 +231,11 @@ def _stream_call(call: dict[str, Any]) -> dict[str, Any]:
         part.setdefault("arguments", "")
     out["function"] = part
     return out
+
+
+def chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    """Another API's request, translated, as a chat completion request; what does not validate is a 4xx."""
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed.from_errors(exc.errors()) from None

@@ -55,10 +55,11 @@ class ToolCall(BaseModel):
         """As chat templates take it: arguments as an object (vLLM's and transformers' convention); arguments
         that are not a JSON object become {} so that a bad turn in the history does not fail every later one."""
         return {"id": self.id, "type": "function",
-                "function": {"name": self.function.name, "arguments": _arguments(self.function.arguments)}}
+                "function": {"name": self.function.name, "arguments": arguments_object(self.function.arguments)}}
 
 
-def _arguments(text: str) -> dict[str, Any]:
+def arguments_object(text: str) -> dict[str, Any]:
+    """A call's JSON arguments as an object; {} for text that is not a JSON object."""
     try:
         value = json.loads(text) if text.strip() else {}
     except ValueError:
