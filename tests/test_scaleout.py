@@ -152,6 +152,8 @@ def test_the_jobs_of_a_killed_worker_are_served_by_the_other(cluster: Any, model
     stack = make(shared)
     start_two(stack, (shared, shared), models=1)
     assert embed(stack, QWEN, "warm").status_code == 200
+    # The answer can come back before the API's short cache (1 s) has read the worker's record saying "loaded".
+    wait_until(lambda: len(holders(stack, QWEN)) == 1, 30, "the warm model published as held")
     (holder,) = holders(stack, QWEN)
     other = "w2" if holder == "w1" else "w1"
     results: dict[int, int] = {}

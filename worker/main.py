@@ -155,7 +155,14 @@ class Worker:
                 log.warning("heartbeat failed", exc_info=True)
             except Exception:  # a bug in a gauge or a command must not stop the worker's heart
                 log.exception("heartbeat failed")
-            await asyncio.sleep(self.settings.worker_heartbeat_s)
+            await self._next_beat()
+
+    async def _next_beat(self) -> None:
+        """One beat later, or at once when a model's state changed (loading, loaded, gone), so that
+        `/v1/models` and the other workers' routing see it without waiting a beat."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.scheduler.changed.wait(), self.settings.worker_heartbeat_s)
+        self.scheduler.changed.clear()
 
 
 def collect_stats(sources: list[Callable[[], Mapping[str, float]]]) -> dict[str, float]:

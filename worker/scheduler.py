@@ -64,6 +64,7 @@ class Scheduler:
         self._cancelled: set[str] = set()  # loads the policy cancelled while they ran
         self._tasks: set[asyncio.Task[None]] = set()
         self._admin_jobs = 0
+        self.changed = asyncio.Event()  # a model started or stopped loading, or left: publish the state now
         self.counts: Counter[str] = Counter()  # loads, warm loads, parks, unloads, failures
         self.load_seconds: dict[str, float] = {"last": 0.0, "total": 0.0}
 
@@ -207,10 +208,12 @@ class Scheduler:
     async def _load(self, model_id: str, placement: Placement) -> None:
         started = time.perf_counter()
         self._loading_since[model_id] = time.time()
+        self.changed.set()
         try:
             await self._load_engine(model_id, placement, started)
         finally:
             self._loading_since.pop(model_id, None)
+            self.changed.set()
 
     async def _load_engine(self, model_id: str, placement: Placement, started: float) -> None:
         info = self.models.catalog.models[model_id]
@@ -270,12 +273,14 @@ class Scheduler:
             await asyncio.to_thread(_quietly_unload, engine)
             self.counts["unload"] += 1
         self.policy.unloaded(model_id, time.time(), parked=parked, parked_bytes=engine.parked_bytes if parked else None)
+        self.changed.set()
 
     async def _unload(self, model_id: str, engine: Engine | None) -> None:
         if engine is not None:
             await asyncio.to_thread(_quietly_unload, engine)
             self.counts["unload"] += 1
         self.policy.unloaded(model_id, time.time())
+        self.changed.set()
 
 
 def _quietly_unload(engine: Engine) -> None:
