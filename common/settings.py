@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_dtype: str = "auto"
     vllm_max_model_len: int | None = Field(None, ge=16)
-    vllm_enforce_eager: bool = False
+    vllm_enforce_eager: bool | None = Field(
+        None, description="Skip vLLM's graph compilation; unset: on a CPU only (starts in seconds).")
+    vllm_in_process: bool | None = Field(
+        None, description="vLLM's engine in the worker process; unset: on a CPU only (no 25 s process start).")
     vllm_kv_cache_gb: float | None = Field(None, gt=0.0)
     chat_max_n: int = Field(16, ge=1, description="Largest `n` (choices per request).")
 

@@ -101,6 +101,8 @@ class Stack:
                     # vLLM on CPU: a small KV cache, no graph compilation, fp32 (equal to transformers)
                     "LLM_VLLM_KV_CACHE_GB": "0.0625", "LLM_VLLM_ENFORCE_EAGER": "true", "LLM_VLLM_DTYPE": "float32",
                     "LLM_DATA_DIR": str(self.logdir / "data"),  # batch files: never the repository's ./data
+                    # vLLM's caches (model-class inspection, ~10 s a fresh cache) shared by every test stack
+                    "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT") or str(ROOT / ".cache" / "vllm"),
                     "LLM_DEBUG_SLOW_ON": SLOW_MARKER,  # a chat job with this in its prompt streams slowly
                     **self.env_extra})
         return env

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from common.logs import setup_logging
 from common.settings import Settings
 from worker.admin import AdminCommands
 from worker.engines.base import settle_heap
+from worker.engines.registry import warm_up
 from worker.handlers.base import Handler
 from worker.handlers.chat import ChatHandler
 from worker.handlers.embedding import EmbeddingHandler
@@ -64,6 +66,7 @@ class Worker:
         for delivery in await self.transport.own_pending(self._catalog_streams()):  # ours from a previous run
             await self._admit(delivery)
         await self.router.step()
+        self._warming = asyncio.create_task(asyncio.to_thread(self._warm_up))
         serving = [asyncio.create_task(h.run()) for h in self.handlers.values()]
         readers = [asyncio.create_task(self._consume(h)) for h in self.handlers.values()]
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -82,6 +85,16 @@ class Worker:
         await self.transport.deregister()
         if crashed:
             raise SystemExit(1)
+
+    def _warm_up(self) -> None:
+        """The engines' imports and caches ready while nothing waits (vLLM's take longer than its start)."""
+        started = time.perf_counter()
+        try:
+            warm_up(self.models.catalog, self.settings)
+        except Exception:  # the load that needs it will report it
+            log.warning("warming the engines up failed", exc_info=True)
+            return
+        log.info("engines warmed up (imports, caches) in %.1f s", time.perf_counter() - started)
 
     def _rescan(self) -> None:
         """Read the models folder again and give the scheduler the new catalog."""

@@ -8,7 +8,7 @@ import itertools
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from common.discovery import ModelInfo
@@ -44,6 +44,12 @@ class Engine(ABC):
         self.info = info
         self.settings = settings
         self.placement = placement  # from the scheduler's planner; None: all on pick_device's device
+
+    @classmethod
+    def warm_up(cls, models: Sequence[ModelInfo], settings: Settings) -> None:
+        """Import (and cache) what loading these models will need, at worker start, in a thread, so that a
+        first load does not pay it. Engines whose imports are cheap keep this: nothing to do."""
+        return None
 
     @abstractmethod
     def load(self) -> None: ...

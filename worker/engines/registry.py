@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from common.discovery import ModelInfo
+from common.discovery import Catalog, ModelInfo
 from common.errors import EngineFailure
 from common.protocol import ModelType
 from common.settings import Settings
@@ -81,3 +81,17 @@ def make_engine(info: ModelInfo, settings: Settings, placement: Placement | None
                             "load quantized checkpoints (serve it with vLLM)", code="model_load_failed")
     cls: type[Engine] = _load(_paths(info, name)[1])
     return cls(info, settings, placement)
+
+
+def warm_up(catalog: Catalog, settings: Settings) -> None:
+    """Import (and cache) what the catalog's engines need ahead of their first load (blocking: run it in a
+    thread). Chat engines last: vLLM takes seconds, and a first embedding load waits for the import lock."""
+    groups: dict[tuple[ModelType, str], list[ModelInfo]] = {}
+    for info in catalog.models.values():
+        groups.setdefault((info.type, engine_name(info, settings, exact=False)), []).append(info)
+    for (model_type, name), models in sorted(groups.items(), key=lambda g: (g[0][0] is ModelType.CHAT, g[0])):
+        found = REGISTRY[model_type].get(name)
+        if found is not None:
+            cls = _load(found[1])
+            with TRANSFORMERS_IMPORT:
+                cls.warm_up(models, settings)

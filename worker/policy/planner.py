@@ -135,7 +135,7 @@ class PlannerParams:
             kv_cache_gb=settings.vllm_kv_cache_gb,
             max_model_len=settings.vllm_max_model_len,
             chat_dtype=settings.vllm_dtype,
-            enforce_eager=settings.vllm_enforce_eager,
+            enforce_eager=bool(settings.vllm_enforce_eager),  # unset: eager on a CPU only, where it does not count
             batch_tokens=settings.embedding_batch_tokens,
             rerank_batch_tokens=settings.rerank_batch_tokens,
         )
