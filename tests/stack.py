@@ -100,6 +100,8 @@ class Stack:
                     "LLM_MODEL_CACHE_SIZE": "3",
                     # vLLM on CPU: a small KV cache, no graph compilation, fp32 (equal to transformers)
                     "LLM_VLLM_KV_CACHE_GB": "0.0625", "LLM_VLLM_ENFORCE_EAGER": "true", "LLM_VLLM_DTYPE": "float32",
+                    # no handover to vLLM's processes in the middle of a test (tests/test_vllm_engine.py has its own)
+                    "LLM_VLLM_HANDOVER_AFTER_S": "0",
                     "LLM_DATA_DIR": str(self.logdir / "data"),  # batch files: never the repository's ./data
                     # vLLM's caches (model-class inspection, ~10 s a fresh cache) shared by every test stack
                     "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT") or str(ROOT / ".cache" / "vllm"),

@@ -1,12 +1,14 @@
 """vLLM's two ways of running in the worker: in the worker process (the default on a CPU, what every other chat test
 uses) and in vLLM's own engine processes (the default on a GPU). Both give the same tokens; the in-process engine
 unloads and loads again in the same process (a switch back to a chat model) and still answers the same; two
-in-process engines resident side by side answer as each does alone, and one's unload leaves the other serving."""
+in-process engines resident side by side answer as each does alone, and one's unload leaves the other serving; a
+model kept busy is handed over to vLLM's processes mid-traffic without a failed request or a changed answer."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,3 +111,35 @@ def test_two_in_process_engines_side_by_side(in_process: Stack) -> None:
     unload(in_process, CHAT)
     assert [answer(in_process, p, model=OTHER) for p in PROMPTS] == [alone[(OTHER, p)] for p in PROMPTS]
     assert answer(in_process, PROMPTS[0]) == alone[(CHAT, PROMPTS[0])]  # and the unloaded one comes back
+
+
+def test_a_busy_model_is_handed_over_to_vllms_processes(models_dir: Path, tmp_path: Path) -> None:
+    server, stack = start(models_dir, tmp_path, LLM_VLLM_HANDOVER_AFTER_S="1")
+    try:
+        expected = {p: answer(stack, p) for p in PROMPTS}
+        log = stack.logdir / "worker0.log"
+        answers: list[tuple[str, str]] = []
+        stop = threading.Event()
+
+        def client(n: int) -> None:  # four streams always running: the model stays busy
+            while not stop.is_set():
+                prompt = PROMPTS[(n + len(answers)) % len(PROMPTS)]
+                answers.append((prompt, answer(stack, prompt, stream=True)))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: "handed over to vLLM's engine processes" in log.read_text(errors="replace"), 240,
+                       "the handover")
+            served = len(answers)
+            wait_until(lambda: len(answers) >= served + 12, 60, "answers from vLLM's processes")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        assert all(a == expected[p] for p, a in answers), [a for a in answers if a[1] != expected[a[0]]][:2]
+        assert answer(stack, PROMPTS[0]) == expected[PROMPTS[0]]
+    finally:
+        stack.stop()
+        server.stop()

@@ -13,6 +13,7 @@ from common.errors import EngineFailure, InvalidRequest
 from common.settings import Settings
 from worker.engines.base import collect_garbage, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
+from worker.engines.vllm_handover import HandoverEngine
 from worker.engines.vllm_inprocess import InProcessEngine
 from worker.policy.planner import Placement, PlannerParams, plan_placements, vllm_start_check
 
@@ -139,11 +140,22 @@ class VllmChatEngine(ChatEngine):
         self._preflight()
         self.sleeps = bool(args.enable_sleep_mode)
         try:
-            self.engine: Any = (InProcessEngine(args, self.info.id) if in_process(self.settings)
-                                else AsyncLLM.from_engine_args(args))
+            if not in_process(self.settings):
+                self.engine: Any = AsyncLLM.from_engine_args(args)
+            elif self.settings.vllm_handover_after_s > 0:
+                self.engine = HandoverEngine(InProcessEngine(args, self.info.id), self._start_processes,
+                                             self.settings.vllm_handover_after_s, self.info.id)
+            else:
+                self.engine = InProcessEngine(args, self.info.id)
         except Exception as exc:  # vLLM's reason is in its message (or, multi-process, in the log before it)
             raise EngineFailure(f"vLLM refused to start: {type(exc).__name__}: {exc}",
                                 code="model_load_failed") from exc
+
+    def _start_processes(self) -> Any:
+        """vLLM's `AsyncLLM` for this model (its engine in a process of its own), for a handover."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(engine_args(self.info, self.settings, self.placement))
 
     def unload(self) -> None:
         self.engine.shutdown()

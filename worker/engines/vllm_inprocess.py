@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Stream = asyncio.Queue[Any]  # RequestOutputs, then possibly an exception
 
+# How often Python hands the GIL between threads (default 5 ms): the engine thread and the event loop take turns
+# many times a step. 0.5 ms measured +20-30% tokens/s at 8 and 64 streams on the 2-core machine.
+SWITCH_INTERVAL_S = 0.0005
 _TURN = threading.Lock()  # held by an engine thread for each call into vLLM (module globals: see above)
 _LIVE: set[int] = set()  # the in-process engines started and not shut down (guarded by _TURN)
 
@@ -44,6 +48,7 @@ class InProcessEngine:
     def __init__(self, args: Any, name: str) -> None:
         """Start the engine on its thread (where it binds its CPU threads and later steps) and wait for it;
         vLLM's refusal to start is raised here."""
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, Stream]] = {}
         self._dead: BaseException | None = None
