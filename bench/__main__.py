@@ -2,7 +2,7 @@
 
     python -m bench dispatch      # service overhead per request, no-op engine, 1/16/64/256 clients
     python -m bench embeddings    # the stack vs SentenceTransformer.encode (all-MiniLM-L6-v2, 2,000 texts)
-    python -m bench chat          # the stack vs vLLM's AsyncLLM, 1 and 32 streams
+    python -m bench chat          # the stack vs vLLM's own server, 1/8/32/64 streams, CPU per token
     python -m bench rerank        # the stack vs CrossEncoder.predict
     python -m bench batch         # the Batch API vs interactive requests, latency under a batch
     python -m bench fairness      # one-text latency while a 2,048-text request runs, vs idle

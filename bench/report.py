@@ -32,7 +32,7 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 TITLES = {
     "dispatch": "Dispatch overhead: the whole stack against the same no-op engine awaited in-process",
     "embeddings": "Embeddings: the stack against SentenceTransformer.encode (same model, same texts)",
-    "chat": "Chat streaming: the stack against vLLM's AsyncLLM in-process (same model, same prompts)",
+    "chat": "Chat streaming: the stack against vLLM's own OpenAI server (same model, prompts and client)",
     "rerank": "Rerank: the stack against CrossEncoder.predict (same model, same pairs)",
     "batch": "Batch API: one batch against interactive requests, and interactive latency under batch load",
     "fairness": "Fairness: one-text latency while a large request runs, against the same requests idle",

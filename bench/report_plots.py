@@ -68,11 +68,13 @@ def chat(plt: Any, r: dict[str, Any]) -> Any:
     rows = r["rows"]
     streams = [x["concurrency"] for x in rows]
     fig, (thr, ttft) = plt.subplots(1, 2, figsize=(10, 4))
-    thr.plot(streams, [x["stack"]["tokens_per_s"] for x in rows], "o-", color=OURS, label="stack")
-    thr.plot(streams, [x["direct"]["tokens_per_s"] for x in rows], "s--", color=BASELINE, label="vLLM AsyncLLM")
+    sides = [("ours", "o-", OURS, "ours (in-process)"), ("ours_processes", "^-", OTHER, "ours (vLLM's processes)"),
+             ("vllm", "s--", BASELINE, "vLLM's server")]
+    for key, style, color, label in sides:
+        if all(key in x for x in rows):
+            thr.plot(streams, [x[key]["tokens_per_s"] for x in rows], style, color=color, label=label)
+            ttft.plot(streams, [x[key]["ttft_ms_p50"] for x in rows], style, color=color, label=label)
     thr.set(xlabel="concurrent streams", ylabel="tokens / s", title="Chat throughput")
-    ttft.plot(streams, [x["stack"]["ttft_ms_p50"] for x in rows], "o-", color=OURS, label="stack")
-    ttft.plot(streams, [x["direct"]["ttft_ms_p50"] for x in rows], "s--", color=BASELINE, label="vLLM AsyncLLM")
     ttft.set(xlabel="concurrent streams", ylabel="TTFT p50 ms", title="Time to first token")
     for ax in (thr, ttft):
         log_x(ax, streams)

@@ -76,11 +76,29 @@ def embeddings(r: dict[str, Any]) -> Lines:
 
 
 def chat(r: dict[str, Any]) -> Lines:
-    rows = [[x["concurrency"], x["stack"]["tokens_per_s"], x["direct"]["tokens_per_s"], ratio(x["throughput_ratio"]),
-             x["stack"]["ttft_ms_p50"], x["direct"]["ttft_ms_p50"], x["added_ttft_ms_p50"],
-             " ".join(f"{p:.2f}" for p in x.get("paired_ratios", [])) or "-"] for x in r["rows"]]
-    return [*table(["streams", "stack tokens/s", "AsyncLLM tokens/s", "ratio", "stack TTFT p50 ms",
-                    "AsyncLLM TTFT p50 ms", "added TTFT ms", "paired ratios"], rows), f"Model: {r['model']}.", ""]
+    def side(x: dict[str, Any], name: str, key: str) -> Any:
+        return x[name][key] if name in x else "-"
+
+    rows = [[x["concurrency"], side(x, "ours", "tokens_per_s"), side(x, "ours_processes", "tokens_per_s"),
+             x["vllm"]["tokens_per_s"], ratio(x["throughput_ratio"]),
+             ratio(x["ours_processes_ratio"]) if "ours_processes_ratio" in x else "-",
+             side(x, "ours", "ttft_ms_p50"), side(x, "ours_processes", "ttft_ms_p50"), x["vllm"]["ttft_ms_p50"],
+             f"{x['ours']['chunks_per_1k_tokens']:.0f} / {x['vllm']['chunks_per_1k_tokens']:.0f}"] for x in r["rows"]]
+    cpu = [[x["concurrency"], *(_cpu_cell(x["cpu_s_per_1k_tokens"].get(s, {}), n)
+                                for s in ("ours", "ours_processes") for n in ("api", "worker", "redis")),
+            _cpu_cell(x["cpu_s_per_1k_tokens"]["vllm"], "vllm server")] for x in r["rows"]]
+    return [*table(["streams", "ours tokens/s (in-process)", "ours tokens/s (vLLM's processes)",
+                    "vLLM server tokens/s", "ratio in-process", "ratio processes", "TTFT p50 ms in-process",
+                    "TTFT p50 ms processes", "TTFT p50 ms vLLM", "SSE chunks / 1k tokens (ours / vLLM)"], rows),
+            "Server CPU seconds per 1,000 streamed tokens, by process (ours in-process, ours with vLLM's "
+            "processes, vLLM's server with its engine process):", "",
+            *table(["streams", "API", "worker", "Redis", "API", "worker (+ engine)", "Redis", "vLLM server"], cpu),
+            f"Model: {r['model']}. Baseline: {r['baseline']}. Medians of {r['rounds']} alternating rounds, "
+            f"{r['max_tokens']} tokens a stream.", ""]
+
+
+def _cpu_cell(cpu: dict[str, float], name: str) -> str:
+    return f"{cpu[name]:.3f}" if name in cpu else "-"
 
 
 def rerank(r: dict[str, Any]) -> Lines:
@@ -132,7 +150,18 @@ def switching(r: dict[str, Any]) -> Lines:
             f"switch / cold switch: {ratio(r['warm_switch_over_cold_switch'])} (goal <= 0.3x). Models: "
             f"{r['plan']['base']}.", "",
             *table(["model cache size", "CPU parking", "in flight", "loads per 100 interleaved requests", "req/s"],
-                   inter)]
+                   inter),
+            *_chat_switches(r.get("vllm_chat", []))]
+
+
+def _chat_switches(rows: list[dict[str, Any]]) -> Lines:
+    if not rows:
+        return []
+    cells = [[x["mode"], x["first_load_s"], x["second_load_s"], x["switch_back_load_s"],
+              " / ".join(f"{t:,.0f}" for t in x["request_ms"])] for x in rows]
+    return ["vLLM chat models, one slot, requests A, B, A, B (each a switch; loads as the worker logs them):", "",
+            *table(["vLLM mode", "first cold load s (empty vLLM cache)", "second cold load s", "switch back s",
+                    "request ms (A, B, A, B)"], cells)]
 
 
 def recovery(r: dict[str, Any]) -> Lines:

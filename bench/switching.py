@@ -8,7 +8,11 @@
    without a disk read; warm switch / cold switch (goal <= 0.3x);
 3. loads per 100 interleaved requests over two embedding models (A, B, A, B, ...), one at a time and
    8 in flight, with LLM_MODEL_CACHE_SIZE=1 (with and without parking) and 2. Loads are counted from
-   the worker's log ("loaded <model> in <s> s (from disk | warm...)"), which also gives its load time.
+   the worker's log ("loaded <model> in <s> s (from disk | warm...)"), which also gives its load time;
+4. vLLM chat: two chat models, one slot, requests A, B, A, B (each a switch): the cold load with an empty
+   vLLM cache, the next one (the cache filled), the switch back; for vLLM in the worker process and eager
+   (the CPU default), in vLLM's own processes, and in-process compiled (where the compile cache under
+   LLM_DATA_DIR makes the second load cheaper). --smoke: the default mode only.
 
     python -m bench switching            # two copies of all-MiniLM-L6-v2, 100 requests per cell
     python -m bench switching --smoke    # two tiny test embedding models, 12 requests per cell (seconds)
@@ -37,12 +41,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.util import machine, output_path, write_json
-from tests.model_factory import copy_minilm, make_qwen3_embedding
+from tests.model_factory import copy_minilm, make_chat_model, make_qwen3_embedding
 from tests.stack import RedisServer, Stack
 
 LOADED = re.compile(r"loaded (\S+) in ([0-9.]+) s \((from disk|warm)")
 TEXT = "How far is the moon from the earth?"
 MODELS = ("model-a", "model-b")
+CHAT_MODELS = ("chat-a", "chat-b")
+CHAT_MODES = {"in-process, eager (the CPU default)": {},
+              "vLLM's own processes, eager": {"LLM_VLLM_IN_PROCESS": "false"},
+              "in-process, compiled": {"LLM_VLLM_ENFORCE_EAGER": "false"}}
 
 
 @dataclass(frozen=True)
@@ -126,18 +134,43 @@ def loads_per_run(stack: Stack, plan: Plan, cache: int) -> list[dict[str, Any]]:
     return rows
 
 
-def with_stack(models: Path, workdir: Path, cache: int, work: Any, cpu_cache_gb: str = "8") -> Any:
-    name = f"{cache}-{cpu_cache_gb}"
+def with_stack(models: Path, workdir: Path, cache: int, work: Any, cpu_cache_gb: str = "8", name: str = "",
+               **env: str) -> Any:
+    name = name or f"{cache}-{cpu_cache_gb}"
     redis = RedisServer(workdir / f"redis-{name}")
     redis.start()
     stack = Stack(redis.url, models, workdir / f"logs-{name}", env_extra={
-        "LLM_MODEL_CACHE_SIZE": str(cache), "LLM_LOG_LEVEL": "INFO", "LLM_CPU_CACHE_GB": cpu_cache_gb})
+        "LLM_MODEL_CACHE_SIZE": str(cache), "LLM_LOG_LEVEL": "INFO", "LLM_CPU_CACHE_GB": cpu_cache_gb, **env})
     try:
         stack.start(expect_models=len(MODELS))
         return work(stack)
     finally:
         stack.stop()
         redis.stop()
+
+
+def chat_switches(models: Path, workdir: Path, modes: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Per vLLM mode, a fresh stack and an empty vLLM cache: chat requests A, B, A, B with one slot, each a
+    switch; the worker's logged load seconds and each request's milliseconds."""
+    def work(stack: Stack) -> tuple[list[float], list[float]]:
+        with httpx.Client(base_url=stack.base_url, timeout=900) as client:
+            times = [chat_ms(client, m) for m in (*CHAT_MODELS, *CHAT_MODELS)]
+        return times, [round(s, 3) for _, s in loads(stack)]
+
+    rows = []
+    for n, (mode, env) in enumerate(modes.items()):
+        times, logged = with_stack(models, workdir, 1, work, cpu_cache_gb="0", name=f"chat-{n}",
+                                   VLLM_CACHE_ROOT=str(workdir / f"vllm-cache-{n}"), **env)
+        rows.append({"mode": mode, "env": env, "load_s": logged, "request_ms": [round(t, 1) for t in times],
+                     "first_load_s": logged[0], "second_load_s": logged[1], "switch_back_load_s": logged[2]})
+    return rows
+
+
+def chat_ms(client: httpx.Client, model: str) -> float:
+    started = time.perf_counter()
+    client.post("/v1/chat/completions", json={"model": model, "max_tokens": 4, "messages": [
+        {"role": "user", "content": TEXT}]}).raise_for_status()
+    return (time.perf_counter() - started) * 1000
 
 
 def raw_load_ms(folder: Path, repeats: int) -> dict[str, Any]:
@@ -163,7 +196,7 @@ def raw_load_ms(folder: Path, repeats: int) -> dict[str, Any]:
             round(statistics.median(serve), 1), "load_ms": [round(x, 1) for x in load]}
 
 
-def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
+def measure(plan: Plan, models: Path, chat_models: Path, workdir: Path) -> dict[str, Any]:
     host = machine()
     raw = raw_load_ms(models / MODELS[1], plan.raw_loads)
 
@@ -179,6 +212,8 @@ def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
     switch, rows_one = with_stack(models, workdir, 1, cache_one, cpu_cache_gb="0")
     warm, rows_warm = with_stack(models, workdir, 1, cache_one)
     rows_two = with_stack(models, workdir, 2, cache_two)
+    chat_modes = dict(list(CHAT_MODES.items())[:1]) if plan.interleaved < 100 else CHAT_MODES
+    chat = chat_switches(chat_models, workdir, chat_modes)
     ratio = switch["switch_request_ms_median"] / raw["load_and_one_text_ms_median"]
     if switch["worker_logged_load_ms_median"] is not None:  # the eviction (gc.collect) and the first forward
         switch["switch_minus_load_minus_warm_ms"] = round(
@@ -189,7 +224,7 @@ def measure(plan: Plan, models: Path, workdir: Path) -> dict[str, Any]:
             "switch_over_warm": round(switch["switch_request_ms_median"] / switch["warm_request_ms_median"], 1),
             "warm_switch": warm, "warm_switch_over_cold_switch": round(
                 warm["switch_request_ms_median"] / switch["switch_request_ms_median"], 3),
-            "interleaved": rows_one + rows_warm + rows_two}
+            "interleaved": rows_one + rows_warm + rows_two, "vllm_chat": chat}
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -213,6 +248,10 @@ def print_table(result: dict[str, Any]) -> None:
     for r in result["interleaved"]:
         print(f"{r['cache_size']:>10} {r['cpu_cache']!s:>8} {r['in_flight']:>9} {r['loads_per_100']:>13.1f}"
               f" {r['requests_per_s']:>8.1f}")
+    print(f"{'vLLM chat, one slot':<40} {'1st load s':>10} {'2nd load s':>10} {'back s':>7}  requests ms")
+    for r in result["vllm_chat"]:
+        print(f"{r['mode']:<40} {r['first_load_s']:>10.2f} {r['second_load_s']:>10.2f} {r['switch_back_load_s']:>7.2f}"
+              f"  {r['request_ms']}")
 
 
 def main() -> None:
@@ -223,7 +262,10 @@ def main() -> None:
     plan = SMOKE if args.smoke else FULL
     with tempfile.TemporaryDirectory(prefix="bench-switching-") as tmp:
         workdir = Path(tmp)
-        result = measure(plan, build_models(workdir / "models", args.smoke), workdir)
+        chat_models = workdir / "chat-models"
+        for name in CHAT_MODELS:
+            make_chat_model(chat_models / name, "qwen3")
+        result = measure(plan, build_models(workdir / "models", args.smoke), chat_models, workdir)
     result["smoke"] = args.smoke
     print_table(result)
     write_json(output_path("switching", args.smoke, args.out), result)

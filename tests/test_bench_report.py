@@ -25,8 +25,7 @@ HOST = {"date": "2025-01-02T03:04:05+00:00", "platform": "Linux-6.8-x86_64", "cp
 
 
 def chat_side(rate: float) -> dict[str, Any]:
-    return {"wall_s": 1.0, "tokens": 96, "tokens_per_s": rate, "ttft_ms_p50": 20.0, "ttft_ms_p95": 25.0,
-            "ttft_ms_p99": 26.0}
+    return {"tokens_per_s": rate, "ttft_ms_p50": 20.0, "ttft_ms_p95": 25.0, "chunks_per_1k_tokens": 800.0}
 
 
 def switch_cell(cache: int, parking: bool, in_flight: int) -> dict[str, Any]:
@@ -69,11 +68,13 @@ def throughput_samples() -> dict[str, dict[str, Any]]:
                                  "tokens_per_s": 2000.0, "ratio": 1.0, "all_seconds": [0.4]},
                                 {"path": "stack: one request, all inputs", "texts_per_s": 90.0, "tokens_per_s": 1800.0,
                                  "ratio": 0.9, "paired_ratios": [0.9], "all_seconds": [0.44]}]},
-        "chat": {"benchmark": "chat", "smoke": False, "machine": "x86_64, 2 CPUs", "load_avg_at_start": [1.0, 1, 1],
-                 "model": "tiny random Qwen3", "rows": [
-                     {"concurrency": c, "direct": chat_side(100.0 * c), "stack": chat_side(90.0 * c),
-                      "throughput_ratio": 0.9, "paired_ratios": [0.9], "paired_added_ttft_ms_p50": [2.0],
-                      "added_ttft_ms_p50": 2.0} for c in (1, 32)]},
+        "chat": {"benchmark": "chat", "smoke": False, "machine": "x86_64, 2 CPUs", "rounds": 1, "max_tokens": 96,
+                 "model": "tiny random Qwen3", "baseline": "vLLM's server", "rows": [
+                     {"concurrency": c, "vllm": chat_side(100.0 * c), "ours": chat_side(90.0 * c),
+                      "throughput_ratio": 0.9, "paired_ratios": [0.9], "added_ttft_ms_p50": 2.0,
+                      "cpu_s_per_1k_tokens": {"vllm": {"vllm server": 0.5, "client": 0.1},
+                                              "ours": {"api": 0.2, "worker": 0.3, "redis": 0.05, "client": 0.1}},
+                      "runs": {}} for c in (1, 32)]},
         "rerank": {"plan": {"requests": 4, "docs_per_request": 8, "concurrency": 2, "repeats": 1,
                             "model_size": "tiny"}, "pairs": 32, "machine": HOST, "stack_pairs_per_s": 500.0,
                    "cross_encoder_pairs_per_s": 450.0, "ratio": 1.111, "stack_s": [0.06], "cross_encoder_s": [0.07]},
@@ -95,7 +96,10 @@ def service_samples() -> dict[str, dict[str, Any]]:
                       "switch": switching_times(720.0), "switch_over_raw_load_and_serve": 1.108,
                       "switch_over_warm": 160.0, "warm_switch": switching_times(60.0),
                       "warm_switch_over_cold_switch": 0.083,
-                      "interleaved": [switch_cell(1, False, 1), switch_cell(1, True, 8), switch_cell(2, True, 8)]},
+                      "interleaved": [switch_cell(1, False, 1), switch_cell(1, True, 8), switch_cell(2, True, 8)],
+                      "vllm_chat": [{"mode": "in-process, eager", "env": {}, "load_s": [1.9, 0.4, 0.3, 0.3],
+                                     "request_ms": [2100.0, 500.0, 400.0, 400.0], "first_load_s": 1.9,
+                                     "second_load_s": 0.4, "switch_back_load_s": 0.3}]},
         "recovery": {"benchmark": "recovery", "plan": {"base": "tiny", "clients": 8}, "machine": HOST, "settings": [
             {"heartbeat_s": 0.2, "kills": 1, "first_reclaimed_answer_s": {"median": 0.6, "max": 0.6},
              "last_reclaimed_answer_s": {"median": None, "max": None}, "failed_per_kill": {"mean": 0.0, "max": 0},
@@ -163,7 +167,8 @@ def test_every_benchmark_gets_a_table_and_a_plot(tmp_path: Path) -> None:
     assert "Run 2025-01-02T03:04:05+00:00 on Linux-6.8-x86_64, x86_64, 2 cores" in found["dispatch"]
     assert "vllm 0.32.0" in found["dispatch"] and "NVIDIA H200" in found["gpu"]
     assert "date not recorded" in found["chat"]  # an older run: machine as a string, no date
-    assert "| 32 | 2,880 | 3,200 | 0.90x |" in found["chat"]
+    assert "| 32 | 2,880 | - | 3,200 | 0.90x | - |" in found["chat"]
+    assert "| in-process, eager | 1.90 | 0.40 | 0.30 | 2,100 / 500 / 400 / 400 |" in found["switching"]
     assert len(check_pngs(page, out)) == len(BENCHMARKS)
     import matplotlib.image
 
