@@ -48,7 +48,8 @@ class Engine(ABC):
     @classmethod
     def warm_up(cls, models: Sequence[ModelInfo], settings: Settings) -> None:
         """Import (and cache) what loading these models will need, at worker start, in a thread, so that a
-        first load does not pay it. Engines whose imports are cheap keep this: nothing to do."""
+        first load does not pay it (imports under TRANSFORMERS_IMPORT). Engines whose imports are cheap keep
+        this: nothing to do."""
         return None
 
     @abstractmethod

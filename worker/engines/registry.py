@@ -85,13 +85,12 @@ def make_engine(info: ModelInfo, settings: Settings, placement: Placement | None
 
 def warm_up(catalog: Catalog, settings: Settings) -> None:
     """Import (and cache) what the catalog's engines need ahead of their first load (blocking: run it in a
-    thread). Chat engines last: vLLM takes seconds, and a first embedding load waits for the import lock."""
+    thread). Chat engines last: vLLM takes seconds, and a first embedding load waits for the import lock, which
+    each engine's `warm_up` takes around its imports (and `_load` around the engine module's)."""
     groups: dict[tuple[ModelType, str], list[ModelInfo]] = {}
     for info in catalog.models.values():
         groups.setdefault((info.type, engine_name(info, settings, exact=False)), []).append(info)
     for (model_type, name), models in sorted(groups.items(), key=lambda g: (g[0][0] is ModelType.CHAT, g[0])):
         found = REGISTRY[model_type].get(name)
         if found is not None:
-            cls = _load(found[1])
-            with TRANSFORMERS_IMPORT:
-                cls.warm_up(models, settings)
+            _load(found[1]).warm_up(models, settings)

@@ -11,7 +11,7 @@ from typing import Any
 from common.discovery import ModelInfo
 from common.errors import EngineFailure, InvalidRequest
 from common.settings import Settings
-from worker.engines.base import collect_garbage, pick_device
+from worker.engines.base import TRANSFORMERS_IMPORT, collect_garbage, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
 from worker.engines.vllm_handover import HandoverEngine
 from worker.engines.vllm_inprocess import InProcessEngine
@@ -121,11 +121,12 @@ class VllmChatEngine(ChatEngine):
     def warm_up(cls, models: Sequence[ModelInfo], settings: Settings) -> None:
         """vLLM's engine modules take 7-10 s to import on a small CPU, more than the engine's start; and vLLM
         inspects each architecture's class in a subprocess (about 10 s here) unless its cache under
-        VLLM_CACHE_ROOT has it."""
-        import vllm.engine.arg_utils
-        import vllm.v1.engine.async_llm
-        import vllm.v1.engine.llm_engine  # noqa: F401
-        from vllm import ModelRegistry
+        VLLM_CACHE_ROOT has it (outside the import lock: an embedding load need not wait for that)."""
+        with TRANSFORMERS_IMPORT:
+            import vllm.engine.arg_utils
+            import vllm.v1.engine.async_llm
+            import vllm.v1.engine.llm_engine  # noqa: F401
+            from vllm import ModelRegistry
 
         use_cache_dir(settings)
         for architecture in sorted({m.architecture for m in models if m.architecture}):
