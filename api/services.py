@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from api.directory import ModelDirectory
 from api.dispatch import Dispatcher
 from api.results import ResultRouter
+from common.redis_client import connect
 from common.settings import Settings
 
 # A blocking XREAD waits up to results.BLOCK_MS; the socket must outwait it.
@@ -29,8 +30,8 @@ class Services:
     @classmethod
     def create(cls, settings: Settings) -> Services:
         url = settings.effective_redis_url
-        redis = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
-        reader = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=_READ_SOCKET_TIMEOUT_S)
+        redis = connect(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        reader = connect(url, socket_connect_timeout=2.0, socket_timeout=_READ_SOCKET_TIMEOUT_S)
         router = ResultRouter(reader, api_id=uuid.uuid4().hex)
         dispatcher = Dispatcher(redis, router, settings.result_ttl_s, settings.max_queued_jobs)
         return cls(settings, redis, router, dispatcher, ModelDirectory(redis))

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.logs import setup_logging
+from common.redis_client import connect
 from common.settings import Settings
 from worker.admin import AdminCommands
 from worker.engines.base import settle_heap
@@ -198,7 +199,7 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    redis = Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2.0)
+    redis = connect(settings.effective_redis_url, socket_connect_timeout=2.0)
     worker = Worker(settings, redis)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -211,4 +212,9 @@ async def serve(settings: Settings) -> None:
 
 def main(settings: Settings) -> None:
     setup_logging(settings)
-    asyncio.run(serve(settings))
+    try:  # uvicorn[standard] brings it; the API runs on it too
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

@@ -32,6 +32,23 @@ EXPIRES_KEPT = 10_000  # result streams whose expiry time is remembered (older o
 BATCH_POLL_MS = 50  # while the batch share is full: how often to look whether it has room again
 CLAIM_PAGE = 100
 
+# Replies written at once: per reply i, KEYS[2i-1] its result stream and KEYS[2i] its job stream; ARGV: this run's
+# attempt id, the result streams' MAXLEN, the consumer group, the two field names, then per reply its message,
+# an expiry to set (0: none) and, for a terminal one, the job's entry id to acknowledge and delete ("" if not).
+_REPLY = """
+local attempt, maxlen, group, data_field, attempt_field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+for i = 1, #KEYS / 2 do
+  local result, job, at = KEYS[2 * i - 1], KEYS[2 * i], 3 * i + 3
+  redis.call('XADD', result, 'MAXLEN', '~', maxlen, '*', data_field, ARGV[at], attempt_field, attempt)
+  if ARGV[at + 1] ~= '0' then redis.call('EXPIRE', result, ARGV[at + 1]) end
+  if ARGV[at + 2] ~= '' then
+    redis.call('XACK', job, group, ARGV[at + 2])
+    redis.call('XDEL', job, ARGV[at + 2])
+  end
+end
+return #KEYS / 2
+"""
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -42,16 +59,16 @@ class Delivery:
 
 @dataclass(frozen=True)
 class _Reply:
-    """A message waiting in the outbox, and the future its caller awaits."""
+    """A message waiting in the outbox, and the future its caller awaits (None: nobody waits, `send`)."""
 
     delivery: Delivery
     data: bytes
     terminal: bool
-    future: asyncio.Future[None]
+    future: asyncio.Future[None] | None
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done():  # its caller was cancelled
+def _settle(future: asyncio.Future[None] | None, error: Exception | None) -> None:
+    if future is None or future.done():  # nobody waits, or its caller was cancelled
         return
     if error is None:
         future.set_result(None)
@@ -89,6 +106,8 @@ class WorkerTransport:
         self._writing = False  # a terminal reply is being written at once, outside the outbox
         # Result stream -> when we last set its expiry: once per stream, refreshed while a long answer runs.
         self._expires: dict[str, float] = {}
+        self._lost: dict[str, Exception] = {}  # job id -> why a message `send` queued for it was not written
+        self._reply_script = redis.register_script(_REPLY)
 
     def set_reading(self, models: list[tuple[str, str]]) -> None:
         """The (model type, model id) whose jobs to read from now on; a stream newly read walks our own pending
@@ -209,8 +228,10 @@ class WorkerTransport:
             self._held.discard((delivery.stream, delivery.entry_id))
         self._cursor = dict.fromkeys(self._cursor, "0")
 
-    async def ack(self, stream: str, entry_id: str) -> None:
+    async def ack(self, stream: str, entry_id: str, job_id: str | None = None) -> None:
         self._held.discard((stream, entry_id))
+        if job_id is not None:
+            self._lost.pop(job_id, None)
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(stream, keys.WORKER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
@@ -219,7 +240,8 @@ class WorkerTransport:
     async def reply(self, delivery: Delivery, message: Message) -> None:
         """Write a message to the job's result stream; a terminal one also acknowledges the job.
         Returns once it is stored (or raises the write's error). Replies made in the same event-loop turn
-        (e.g. one engine step's deltas for many chat jobs) share one MULTI: one round trip for all of them."""
+        (e.g. one engine step's deltas for many chat jobs) share one write: one round trip for all of them."""
+        self._raise_lost(delivery, forget=message.terminal)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         reply = _Reply(delivery, message.encode(), message.terminal, future)
         if message.terminal:
@@ -233,13 +255,27 @@ class WorkerTransport:
             finally:
                 self._writing = False
             return
-        self._outbox.append(reply)
-        if not flushing:
-            self._flusher = asyncio.create_task(self._flush(), name="reply-flush")
+        self._queue(reply)
         await future
 
+    def send(self, delivery: Delivery, message: Message) -> None:
+        """A non-terminal message, written with the next batch without waiting for it (a chat step's deltas: no
+        wake-up per token); a failed write is raised by the job's next `send` or `reply`, in order."""
+        self._raise_lost(delivery)
+        self._queue(_Reply(delivery, message.encode(), False, None))
+
+    def _queue(self, reply: _Reply) -> None:
+        self._outbox.append(reply)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="reply-flush")
+
+    def _raise_lost(self, delivery: Delivery, forget: bool = False) -> None:
+        lost = self._lost.pop(delivery.job.id, None) if forget else self._lost.get(delivery.job.id)
+        if lost is not None:
+            raise lost
+
     async def _flush(self) -> None:
-        """Write the outbox, one MULTI per batch; one batch at a time keeps every stream's messages in order."""
+        """Write the outbox, one call per batch; one batch at a time keeps every stream's messages in order."""
         batch: list[_Reply] = []
         try:
             await asyncio.sleep(0)  # let the rest of this turn's replies join
@@ -252,31 +288,36 @@ class WorkerTransport:
                     error = exc
                     for reply in batch:  # their expiry may not be set: set it with the next message
                         self._expires.pop(reply.delivery.job.reply_to, None)
+                        if reply.future is None:
+                            self._lost.setdefault(reply.delivery.job.id, exc)
                 for reply in batch:
                     _settle(reply.future, error)
         except asyncio.CancelledError:  # shutting down: nobody will write these
             for reply in batch + self._outbox:
-                reply.future.cancel()
+                if reply.future is not None:
+                    reply.future.cancel()
             raise
 
     async def _write(self, batch: list[_Reply]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        """The batch in one call of `_REPLY` (atomic, one reply to parse: a MULTI of 2-4 commands per message
+        cost the worker a quarter of its event loop at 64 streams)."""
         now = time.monotonic()
+        stream_keys: list[str] = []
+        args: list[Any] = [self.attempt, keys.RESULT_STREAM_MAXLEN, keys.WORKER_GROUP, DATA_FIELD, ATTEMPT_FIELD]
         for reply in batch:
             delivery, stream = reply.delivery, reply.delivery.job.reply_to
-            pipe.xadd(stream, {DATA_FIELD: reply.data, ATTEMPT_FIELD: self.attempt},
-                      maxlen=keys.RESULT_STREAM_MAXLEN, approximate=True)
-            if reply.terminal:  # a full expiry after the last message; the job acknowledged in the same MULTI
+            stream_keys += (stream, delivery.stream)
+            ttl = 0
+            if reply.terminal:  # a full expiry after the last message; the job acknowledged in the same call
                 self._expires.pop(stream, None)
-                pipe.expire(stream, self._ttl_s(delivery))
-                pipe.xack(delivery.stream, keys.WORKER_GROUP, delivery.entry_id)
-                pipe.xdel(delivery.stream, delivery.entry_id)
+                ttl = self._ttl_s(delivery)
             elif now - self._expires.get(stream, -math.inf) > self.result_ttl_s / 2:  # first, then now and then
-                pipe.expire(stream, self._ttl_s(delivery))
+                ttl = self._ttl_s(delivery)
                 self._expires[stream] = now
+            args += (reply.data, ttl, delivery.entry_id if reply.terminal else "")
         if len(self._expires) > EXPIRES_KEPT:  # streams left without a terminal message (cancelled jobs)
             self._expires = {s: t for s, t in self._expires.items() if now - t <= self.result_ttl_s / 2}
-        await pipe.execute()
+        await self._reply_script(keys=stream_keys, args=args)
 
     def _ttl_s(self, delivery: Delivery) -> int:
         if keys.is_batch_stream(delivery.stream):  # a batch's collector may read it much later

@@ -192,27 +192,23 @@ class VllmChatEngine(ChatEngine):
         finished = False
         try:
             try:
-                first = await anext(stream)
+                output = await anext(stream)
             except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's input checks: the request is at fault
                 raise InvalidRequest(f"the engine refused the request: {exc}", code="invalid_request") from exc
             except StopAsyncIteration:
                 return
-            async for output in _chain(first, stream):
+            while True:
                 for out in output.outputs:
                     finished = out.finish_reason is not None
-                    logprobs = _logprobs(out, params.logprobs or 0)
-                    ids = list(out.token_ids)
-                    yield Delta(out.text, len(ids), logprobs, _finish(out.finish_reason), ids,
-                                stop_reason=out.stop_reason)
+                    yield Delta(out.text, len(out.token_ids), _logprobs(out, params.logprobs or 0),
+                                _finish(out.finish_reason), list(out.token_ids), stop_reason=out.stop_reason)
+                try:
+                    output = await anext(stream)
+                except StopAsyncIteration:
+                    return
         finally:
             if not finished:
                 await self.engine.abort(request_id)
-
-
-async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 def _finish(reason: str | None) -> str | None:

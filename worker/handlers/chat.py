@@ -161,7 +161,7 @@ class ChatHandler(Handler):
                 await self.transport.reply(delivery, Message.error(DeadlineExceeded("deadline passed")))
             else:
                 self._count_abort(job.id)
-                await self.transport.ack(delivery.stream, delivery.entry_id)
+                await self.transport.ack(delivery.stream, delivery.entry_id, job.id)
         except ServiceError as exc:
             await self.transport.reply(delivery, Message.error(exc))
         except Exception as exc:
@@ -178,10 +178,13 @@ class ChatHandler(Handler):
             self.last_abort_latency_ms = max(0, now_ms() - gone_at)
 
     async def _stream(self, delivery: Delivery, engine: ChatEngine, sequences: list[Sequence]) -> int:
-        """Stream every sequence's deltas, merged per wake-up; the completion tokens."""
-        queue: asyncio.Queue[tuple[int, Delta | BaseException]] = asyncio.Queue()
+        """Stream every sequence's deltas (each engine step's in one message); the completion tokens. The
+        messages are sent without waiting for their write: the transport writes one step's for every job at once."""
         slow = self.settings.debug_slow_on
         pause = SLOW_S if slow and slow in repr(delivery.job.payload) else 0.0
+        if len(sequences) == 1:  # the common case: no task and queue between the engine and the transport
+            return await self._stream_one(delivery, engine, sequences[0], pause)
+        queue: asyncio.Queue[tuple[int, Delta | BaseException]] = asyncio.Queue()
 
         async def pump(seq: Sequence) -> None:
             reader = seq.output.reader() if seq.output else None
@@ -206,9 +209,20 @@ class ChatHandler(Handler):
                     completion += item.tokens
                     open_ -= item.finish_reason is not None
                     choices.append(item.wire(index))
-                await self.transport.reply(delivery, Message(MessageKind.DELTA, {"choices": merge_wire(choices)}))
+                self.transport.send(delivery, Message(MessageKind.DELTA, {"choices": merge_wire(choices)}))
         finally:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+        return completion
+
+    async def _stream_one(self, delivery: Delivery, engine: ChatEngine, seq: Sequence, pause: float) -> int:
+        reader = seq.output.reader() if seq.output else None
+        completion = 0
+        async for delta in engine.generate(f"{delivery.job.id}-{seq.index}", seq.prompt, seq.params):
+            item = reader.feed(delta) if reader else delta
+            completion += item.tokens
+            self.transport.send(delivery, Message(MessageKind.DELTA, {"choices": [item.wire(seq.index)]}))
+            if pause:
+                await asyncio.sleep(pause)
         return completion
