@@ -7,7 +7,7 @@ very next batch, and a job part-served never starves behind new ones), looks at 
 that model (that job's first), sorts them by length and cuts them into batches whose padded size
 (longest x count) stays within the token budget and within `MAX_PADDING` times their real tokens; it
 returns the batch that holds the chosen job's shortest waiting sequence. The budget is the configured one,
-cut by the handler to about 0.05 s of engine time at the speed it measures, so any job waits
+cut by the handler to about 0.05 s of engine time at the speed it measures (worker/pacing.py), so any job waits
 behind at most one such batch, and cancelled jobs are dropped between batches. A sequence longer than the
 budget on its own still gets a batch of one: nothing is ever dropped or left to hang.
 """
@@ -97,8 +97,8 @@ class MicroBatchQueue:
     def __init__(self, budget_tokens: int, max_items: int) -> None:
         self.budget_tokens = budget_tokens
         self.max_items = max_items
-        # Padded tokens per batch of each model at its measured speed (about BATCH_S of engine time; the
-        # handler sets it): what any job waits behind at most. A model not measured yet starts at a quarter of
+        # Padded tokens per batch of each model at its measured speed (worker/pacing.py: about 0.05 s of engine
+        # time; the handler sets it): what any job waits behind at most. A model not measured yet starts at a quarter of
         # the budget, so its first batches cannot hold others up for long either.
         self.paced_tokens: dict[str, int] = {}
         self._waiting: list[Pending] = []

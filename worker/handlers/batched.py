@@ -26,13 +26,13 @@ from worker.engines.base import Engine, free_memory
 from worker.handlers.base import Handler
 from worker.microbatch import Item, MicroBatchQueue, Pending
 from worker.models import ModelManager
+from worker.pacing import Pacer
 from worker.policy.planner import default_batch_tokens
 from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
 
 log = logging.getLogger(__name__)
 
-BATCH_S = 0.05  # engine time of one micro-batch: what any job waits behind at most
 POLL_S = 0.2  # jobs waiting for their model are checked this often for a gone caller or a passed deadline
 DROP_POLL_S = 0.05  # between batches, gone callers and passed deadlines are looked up at most this often
 SLOW_S = 0.02  # LLM_DEBUG_SLOW_ON: a matching job's batches this much apart, so a test can hang up mid-job
@@ -46,7 +46,7 @@ class BatchedHandler(Handler):
         self.max_waiting = max_waiting
         self._deliveries: dict[str, Delivery] = {}  # every admitted, unanswered job
         self._awaiting: dict[str, tuple[Pending, asyncio.Task[None]]] = {}  # admitted, waiting for their model
-        self._rate: dict[str, float] = {}  # per model: padded tokens per second of recent batches
+        self.pacer = Pacer()  # the micro-batches' size per model (worker/pacing.py)
         self._last_drop = 0.0
         self._work = asyncio.Event()
         self.oom_splits = 0
@@ -76,7 +76,8 @@ class BatchedHandler(Handler):
         kind = self.model_type
         return {f"{kind}_jobs": len(self._deliveries), f"{kind}_oom_splits": self.oom_splits,
                 f"{kind}_oom_failures": self.oom_failures, f"{kind}_dropped": self.dropped,
-                f"{kind}_last_drop_latency_ms": self.last_drop_latency_ms}
+                f"{kind}_last_drop_latency_ms": self.last_drop_latency_ms,
+                f"{kind}_batch_target_ms": round(1000 * self.pacer.longest_target_s())}
 
     async def run(self) -> None:
         while True:
@@ -163,15 +164,11 @@ class BatchedHandler(Handler):
         self._pace(model, len(batch) * max(len(it.seq) for it in batch), time.perf_counter() - started)
 
     def _pace(self, model: str, padded_tokens: int, seconds: float) -> None:
-        """Size the model's micro-batches to about BATCH_S of engine time at the speed just measured. Only a
-        batch that used most of its budget says what the engine can do: a small one (nothing else was waiting)
-        is mostly fixed cost, and counting it would shrink the batches until throughput collapsed."""
+        """Size the model's next micro-batches from this one's measure (worker/pacing.py)."""
         current = self.queue.paced_tokens.get(model, self.queue.budget_tokens // 4)
-        if seconds <= 0 or padded_tokens < current // 2:
-            return
-        rate = padded_tokens / seconds
-        self._rate[model] = rate if model not in self._rate else 0.7 * self._rate[model] + 0.3 * rate
-        self.queue.paced_tokens[model] = max(1, int(self._rate[model] * BATCH_S))
+        paced = self.pacer.record(model, padded_tokens, seconds, current)
+        if paced is not None:
+            self.queue.paced_tokens[model] = paced
 
     async def _run_batch(self, engine: Engine, batch: list[Item]) -> None:
         live = [it for it in batch if it.pending.job.id in self._deliveries]
