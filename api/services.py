@@ -45,7 +45,8 @@ class Services:
         await self.redis.aclose()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request."""
     services: Services = request.app.state.services
     return services
 

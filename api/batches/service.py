@@ -110,7 +110,7 @@ class BatchService:
             return moved
 
 
-def get_batches(request: Request) -> BatchService:
+async def get_batches(request: Request) -> BatchService:  # async: no thread hop (api/services.py)
     service: BatchService = request.app.state.batches
     return service
 
