@@ -4,9 +4,9 @@
     python -m bench.chat --smoke    # 1 and 4 streams, 8 tokens, 1 round (a minute: two server starts)
 
 Each round runs vLLM's server alone (`python -m vllm.entrypoints.openai.api_server`), then ours alone (API,
-Redis and one worker) with its defaults (on a CPU: vLLM in the worker process; each run here is shorter than
-the 10 s after which a busy model moves to vLLM's processes), then ours with vLLM in its own processes (what
-that handover reaches; not with --smoke), each at every concurrency; one server is alive at a time, each
+Redis and one worker) with its defaults (on a CPU: vLLM in the worker process, no handover), then ours with
+vLLM in its own processes (`LLM_VLLM_IN_PROCESS=false`, what `LLM_VLLM_HANDOVER_AFTER_S` hands over to; not
+with --smoke), each at every concurrency; one server is alive at a time, each
 started fresh each round. Both decode greedily with `ignore_eos`, eager, fp32, with the same KV cache. One light aiohttp
 SSE client (this process) drives both. Per run: tokens/s, time to first token, SSE chunks per 1,000 tokens
 and CPU seconds per 1,000 tokens of each process (the client; vLLM's server with its engine processes; our
@@ -72,8 +72,7 @@ def our_server(models: Path, logdir: Path, **env: str) -> Iterator[tuple[str, Ca
     redis = RedisServer(logdir / "redis")
     redis.start()
     stack = Stack(redis.url, models, logdir, env_extra={"LLM_VLLM_KV_CACHE_GB": str(KV_CACHE_BYTES / 2**30),
-                                                        "LLM_WORKER_HEARTBEAT_S": "1.0",
-                                                        "LLM_VLLM_HANDOVER_AFTER_S": "10", **env})
+                                                        "LLM_WORKER_HEARTBEAT_S": "1.0", **env})
     try:
         stack.start()
         assert stack.api is not None and redis.proc is not None

@@ -38,7 +38,7 @@ _SETTINGS_DEFAULTS: dict[str, Any] = {
     "load_retry_backoff_s": 30.0, "pinned_model_ids": (), "gpu_memory_utilization": 0.9,
     "available_gpu_memory_gb": None, "enable_gpu_memory_offload": True, "gpu_memory_offload_threshold_gb": 4.0,
     "vllm_kv_cache_gb": None, "vllm_dtype": "auto", "vllm_enforce_eager": None, "vllm_in_process": None,
-    "vllm_handover_after_s": 10.0,
+    "vllm_handover_after_s": 0.0,
 }
 
 

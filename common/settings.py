@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     vllm_in_process: bool | None = Field(
         None, description="vLLM's engine in the worker process; unset: on a CPU only (no 25 s process start).")
     vllm_handover_after_s: float = Field(
-        10.0, ge=0.0, description="An in-process chat model busy this long moves to vLLM's processes; 0: never.")
+        0.0, ge=0.0, description="An in-process chat model busy this long moves to vLLM's processes; 0: never.")
     vllm_kv_cache_gb: float | None = Field(None, gt=0.0)
     chat_max_n: int = Field(16, ge=1, description="Largest `n` (choices per request).")
 

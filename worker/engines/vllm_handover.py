@@ -1,8 +1,9 @@
 """A chat model that starts in this process and moves to vLLM's own processes once it stays busy.
 
 The in-process engine (`vllm_inprocess.py`) starts in about 2 s, but it runs vLLM's scheduler, the model and
-the detokenizer on one thread, under this process's GIL: on a 2-core CPU it streamed 0.67-0.95x the tokens per
-second of vLLM's process layout at 8 to 64 concurrent streams. A model that has been busy for
+the detokenizer on one thread, under this process's GIL (on a 2-core CPU it first streamed 0.67-0.95x the tokens
+per second of vLLM's process layout at 8 to 64 concurrent streams; once the worker's own share per token was
+halved, 1.11-1.13x, so the handover is off by default: `LLM_VLLM_HANDOVER_AFTER_S=0`). A model that has been busy for
 LLM_VLLM_HANDOVER_AFTER_S starts `AsyncLLM` (vLLM's engine process) in the background; once it is up, new
 requests go to it, the requests already running finish where they are, and the in-process engine is shut
 down after the last of them. A model switched away before that never pays the processes' start.
