@@ -87,6 +87,34 @@ async def test_a_failed_write_reaches_every_caller_of_its_batch() -> None:
     await redis.aclose()
 
 
+async def test_after_a_lost_delta_the_answer_fails_and_the_error_reaches_the_caller(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    redis = connect(server.url)
+    transport = WorkerTransport(redis, f"w-{uuid.uuid4().hex[:6]}", result_ttl_s=60)
+    stream = keys.job_stream("perf", f"m-{uuid.uuid4().hex[:6]}")
+    try:
+        [job] = await deliveries(redis, stream, transport.worker_id, 1)
+        server.stop()  # Redis away while a delta is on its way
+        transport.send(job, delta(0))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if transport._lost:
+                break
+        server.start()
+        try:
+            await transport.reply(job, Message(MessageKind.DONE, {}))  # a gapped answer is never sent
+            raise AssertionError("the lost delta was not raised")
+        except (RedisConnectionError, OSError):
+            pass
+        await transport.reply(job, Message(MessageKind.ERROR, {"status": 503}))  # the caller learns it
+        got = await read_all(redis, job.job.reply_to)
+        assert [m.kind for m in got] == [MessageKind.ERROR]
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
 async def test_a_lost_delta_is_raised_by_the_jobs_next_reply() -> None:
     redis = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
     transport = WorkerTransport(redis, "w-down", result_ttl_s=60)

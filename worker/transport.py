@@ -19,7 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from common import keys
 from common.discovery import Catalog
-from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Job, Message, ModelType, WireError, now_ms
+from common.protocol import ATTEMPT_FIELD, DATA_FIELD, Job, Message, MessageKind, ModelType, WireError, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class WorkerTransport:
         """Write a message to the job's result stream; a terminal one also acknowledges the job.
         Returns once it is stored (or raises the write's error). Replies made in the same event-loop turn
         (e.g. one engine step's deltas for many chat jobs) share one write: one round trip for all of them."""
-        self._raise_lost(delivery, forget=message.terminal)
+        self._raise_lost(delivery, message)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         reply = _Reply(delivery, message.encode(), message.terminal, future)
         if message.terminal:
@@ -261,7 +261,7 @@ class WorkerTransport:
     def send(self, delivery: Delivery, message: Message) -> None:
         """A non-terminal message, written with the next batch without waiting for it (a chat step's deltas: no
         wake-up per token); a failed write is raised by the job's next `send` or `reply`, in order."""
-        self._raise_lost(delivery)
+        self._raise_lost(delivery, message)
         self._queue(_Reply(delivery, message.encode(), False, None))
 
     def _queue(self, reply: _Reply) -> None:
@@ -269,9 +269,12 @@ class WorkerTransport:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="reply-flush")
 
-    def _raise_lost(self, delivery: Delivery, forget: bool = False) -> None:
-        lost = self._lost.pop(delivery.job.id, None) if forget else self._lost.get(delivery.job.id)
-        if lost is not None:
+    def _raise_lost(self, delivery: Delivery, message: Message) -> None:
+        """Raise the failed write of a message `send` queued for this job, until its terminal message: an answer
+        (done, result) raises it too, so that its caller answers with an error instead; the error goes out."""
+        job_id = delivery.job.id
+        lost = self._lost.pop(job_id, None) if message.terminal else self._lost.get(job_id)
+        if lost is not None and message.kind is not MessageKind.ERROR:
             raise lost
 
     async def _flush(self) -> None:
