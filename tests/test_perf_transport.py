@@ -76,11 +76,15 @@ async def test_replies_of_one_turn_share_one_write_and_keep_each_stream_in_order
         server.stop()
 
 
-async def test_a_failed_write_reaches_every_caller_of_its_batch() -> None:
+def unreachable(job_id: str) -> tuple[Redis, WorkerTransport, Delivery]:
+    """A transport whose Redis is never there, and a job for it."""
     redis = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
-    transport = WorkerTransport(redis, "w-down", result_ttl_s=60)
-    job = Job(id="x", kind="perf", model="m", reply_to=keys.result_stream("x"), payload={})
-    delivery = Delivery(keys.job_stream("perf", "m"), "1-0", job)
+    job = Job(id=job_id, kind="perf", model="m", reply_to=keys.result_stream(job_id), payload={})
+    return redis, WorkerTransport(redis, "w-down", result_ttl_s=60), Delivery(keys.job_stream("perf", "m"), "1-0", job)
+
+
+async def test_a_failed_write_reaches_every_caller_of_its_batch() -> None:
+    redis, transport, delivery = unreachable("x")
     results = await asyncio.gather(transport.reply(delivery, delta(0)), transport.reply(delivery, delta(1)),
                                    return_exceptions=True)
     assert all(isinstance(r, (RedisConnectionError, OSError)) for r in results)
@@ -116,10 +120,7 @@ async def test_after_a_lost_delta_the_answer_fails_and_the_error_reaches_the_cal
 
 
 async def test_a_lost_delta_is_raised_by_the_jobs_next_reply() -> None:
-    redis = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
-    transport = WorkerTransport(redis, "w-down", result_ttl_s=60)
-    job = Job(id="y", kind="perf", model="m", reply_to=keys.result_stream("y"), payload={})
-    delivery = Delivery(keys.job_stream("perf", "m"), "1-0", job)
+    redis, transport, delivery = unreachable("y")
     transport.send(delivery, delta(0))  # returns at once; its write fails in the background
     for _ in range(100):
         await asyncio.sleep(0.05)
