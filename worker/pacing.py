@@ -51,7 +51,7 @@ class Pacer:
     def __init__(self) -> None:
         self._rate: dict[str, float] = {}  # padded tokens per second of recent full batches
         self._samples: dict[str, deque[tuple[int, float]]] = {}
-        self._fixed: dict[str, float | None] = {}
+        self._fixed: dict[str, float] = {}  # the fixed cost last fitted
 
     def target_s(self, model: str) -> float:
         return target_s(self._fixed.get(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -187,11 +188,9 @@ class ChatHandler(Handler):
         queue: asyncio.Queue[tuple[int, Delta | BaseException]] = asyncio.Queue()
 
         async def pump(seq: Sequence) -> None:
-            reader = seq.output.reader() if seq.output else None
             try:
-                async for delta in engine.generate(f"{delivery.job.id}-{seq.index}", seq.prompt, seq.params):
-                    queue.put_nowait((seq.index, reader.feed(delta) if reader else delta))
-                    await asyncio.sleep(pause)
+                async for delta in self._deltas(delivery, engine, seq, pause):
+                    queue.put_nowait((seq.index, delta))
             except Exception as exc:
                 queue.put_nowait((seq.index, exc))
 
@@ -217,12 +216,17 @@ class ChatHandler(Handler):
         return completion
 
     async def _stream_one(self, delivery: Delivery, engine: ChatEngine, seq: Sequence, pause: float) -> int:
-        reader = seq.output.reader() if seq.output else None
         completion = 0
+        async for delta in self._deltas(delivery, engine, seq, pause):
+            completion += delta.tokens
+            self.transport.send(delivery, Message(MessageKind.DELTA, {"choices": [delta.wire(seq.index)]}))
+        return completion
+
+    @staticmethod
+    async def _deltas(delivery: Delivery, engine: ChatEngine, seq: Sequence, pause: float) -> AsyncIterator[Delta]:
+        """One sequence's deltas as the model's parsers read them (LLM_DEBUG_SLOW_ON: `pause` apart)."""
+        reader = seq.output.reader() if seq.output else None
         async for delta in engine.generate(f"{delivery.job.id}-{seq.index}", seq.prompt, seq.params):
-            item = reader.feed(delta) if reader else delta
-            completion += item.tokens
-            self.transport.send(delivery, Message(MessageKind.DELTA, {"choices": [item.wire(seq.index)]}))
+            yield reader.feed(delta) if reader else delta
             if pause:
                 await asyncio.sleep(pause)
-        return completion
