@@ -5,7 +5,8 @@ the job whose turn it is: round robin, the job served longest ago (or never) fir
 the fewest sequences served (fair interleaving: a one-text request arriving behind a 2,048-text one is in the
 very next batch, and a job part-served never starves behind new ones), looks at a window of the waiting sequences of
 that model (that job's first), sorts them by length and cuts them into batches whose padded size
-(longest x count) stays within the token budget and within `MAX_PADDING` times their real tokens; it
+(longest x count; their real tokens where the model's engine packs them) stays within the token budget and
+within `MAX_PADDING` times their real tokens; it
 returns the batch that holds the chosen job's shortest waiting sequence. The budget is the configured one,
 cut by the handler to about 0.05 s of engine time at the speed it measures (worker/pacing.py), so any job waits
 behind at most one such batch, and cancelled jobs are dropped between batches. A sequence longer than the
@@ -71,16 +72,17 @@ class Item:
 
 
 def plan_batches(lengths: list[int], budget_tokens: int, max_items: int,
-                 max_padding: float = MAX_PADDING) -> list[list[int]]:
+                 max_padding: float = MAX_PADDING, packed: bool = False) -> list[list[int]]:
     """Indices grouped into batches, by ascending length: a batch is cut before its padded size (longest x
-    count) would pass the budget, or `max_padding` times its real tokens (boundaries between length groups)."""
+    count) would pass the budget, or `max_padding` times its real tokens (boundaries between length groups).
+    Packed (padding-free engines): a batch's size is its real tokens, and any lengths mix."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     real = 0
     for i in order:
         width = max(lengths[i], 1)
-        padded = width * (len(current) + 1)
+        padded = real + width if packed else width * (len(current) + 1)
         if current and (padded > budget_tokens or len(current) >= max_items or padded > max_padding * (real + width)):
             batches.append(current)
             current, real = [], 0
@@ -101,6 +103,7 @@ class MicroBatchQueue:
         # time; the handler sets it): what any job waits behind at most. A model not measured yet starts at a quarter of
         # the budget, so its first batches cannot hold others up for long either.
         self.paced_tokens: dict[str, int] = {}
+        self.packed: set[str] = set()  # models whose engine runs padding-free batches (the handler says)
         self._waiting: list[Pending] = []
         self._tick = 0  # one per batch handed out
 
@@ -135,7 +138,7 @@ class MicroBatchQueue:
             window += [Item(pending, i) for i in pending.todo[:room]]
             if len(window) >= self.WINDOW * self.max_items:
                 break
-        plan = plan_batches([len(it.seq) for it in window], budget, self.max_items)
+        plan = plan_batches([len(it.seq) for it in window], budget, self.max_items, packed=model in self.packed)
         chosen = [window[i] for i in next(b for b in plan if 0 in b)]
         self._hand_out(chosen)
         return model, chosen
@@ -150,3 +153,9 @@ class MicroBatchQueue:
             pending.todo = [i for i in pending.todo if i not in taken[id(pending)]]
             pending.turn = self._tick
         self._waiting = [p for p in self._waiting if p.todo]
+
+
+def batch_size(items: list[Item], packed: bool) -> int:
+    """Tokens a batch computes: its real tokens when packed, else longest x count."""
+    lengths = [len(it.seq) for it in items]
+    return sum(lengths) if packed else len(lengths) * max(lengths)

@@ -1,9 +1,10 @@
-"""Transformers embedding engine: tokenise, run padded length-sorted batches, pool, normalise."""
+"""Transformers embedding engine: tokenise, run packed (padding-free) or padded batches, pool, normalise."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from common.errors import InvalidRequest
 from common.protocol import ModelType
 from common.settings import Settings
+from worker.engines import packing
 from worker.engines.base import (
     ParksModule,
     compile_layers,
@@ -24,6 +26,8 @@ from worker.engines.base import (
     smallest_limit,
 )
 from worker.engines.pooling import pool, read_spec
+
+log = logging.getLogger(__name__)
 
 # Characters kept of a text input before tokenising: far more than any model's window needs,
 # and it keeps a 1 MB string from costing seconds of tokenisation only to be truncated.
@@ -110,19 +114,53 @@ class EmbeddingEngine(ParksModule):
         self.causal = bool(attention) and all(bool(m.is_causal) for m in attention)
         if self.settings.embedding_compile and self.device == "cuda":
             compile_layers(self.model)  # ~2.5x tokens/s on an H100; each model's first batches compile
+        self.packed = self._try_packing()
+
+    @torch.inference_mode()
+    def _try_packing(self) -> bool:
+        """Packed batches (worker/engines/packing.py) where they are on and give the padded path's vectors."""
+        wanted = self.settings.embedding_packed
+        if not (self.device == "cpu" if wanted is None else wanted):
+            return False
+        previous = self.model.config._attn_implementation
+        try:
+            packing.register()
+            self.model.set_attn_implementation(packing.PACKED)
+            self.offset = packing.position_offset(self.model)
+            probe = [[int(t) % self.inputs.vocab_size for t in range(7, 7 + n)] for n in (5, 2, 9)]
+            same = packing.matches(self._embed_packed(probe), self._embed_padded(probe), self.model.dtype)
+        except Exception as exc:  # a model class that refuses the attention interface, or fails packed
+            log.info("%s: padded batches (packing failed: %s)", self.info.id, exc)
+            same = False
+        if not same:
+            self.model.set_attn_implementation(previous)
+        log.info("%s: %s batches", self.info.id, "packed (padding-free)" if same else "padded")
+        return same
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> np.ndarray:
         """Pooled (and normalised when the model says so) float32 vectors, one row per sequence."""
+        return (self._embed_packed(batch) if self.packed else self._embed_padded(batch)).cpu().numpy()
+
+    def _embed_packed(self, batch: list[list[int]]) -> torch.Tensor:
+        ids, positions = packing.packed_inputs(batch, self.device, self.offset)
+        lengths = [len(seq) for seq in batch]
+        with packing.segments(lengths):
+            hidden = self.model(input_ids=ids, position_ids=positions, **self.forward_kwargs).last_hidden_state
+        return self._finish(packing.pool_packed(hidden[0], lengths, self.inputs.spec.modes))
+
+    def _embed_padded(self, batch: list[list[int]]) -> torch.Tensor:
         ids, mask = pad_batch(batch, self.inputs.pad_id, self.device)
         unmasked = self.causal or min(map(len, batch)) == max(map(len, batch))  # nothing a mask would hide
         hidden = self.model(input_ids=ids, attention_mask=None if unmasked else mask,
                             **self.forward_kwargs).last_hidden_state
-        spec = self.inputs.spec
-        vectors = pool(hidden, mask, spec.modes).float()
-        if spec.normalize:
+        return self._finish(pool(hidden, mask, self.inputs.spec.modes))
+
+    def _finish(self, pooled: torch.Tensor) -> torch.Tensor:
+        vectors = pooled.float()
+        if self.inputs.spec.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
-        return vectors.cpu().numpy()
+        return vectors
 
 
 def shape_vector(vector: np.ndarray, dimensions: int | None) -> bytes:

@@ -24,7 +24,7 @@ from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker.engines.base import Engine, free_memory
 from worker.handlers.base import Handler
-from worker.microbatch import Item, MicroBatchQueue, Pending
+from worker.microbatch import Item, MicroBatchQueue, Pending, batch_size
 from worker.models import ModelManager
 from worker.pacing import Pacer
 from worker.policy.planner import default_batch_tokens
@@ -133,6 +133,10 @@ class BatchedHandler(Handler):
                 await self._fail({pending}, exc)
             return
         self._awaiting.pop(job.id, None)
+        if getattr(self.scheduler.engines.get(job.model), "packed", False):
+            self.queue.packed.add(job.model)
+        else:
+            self.queue.packed.discard(job.model)
         self.queue.add(pending)
         self._work.set()
 
@@ -161,7 +165,7 @@ class BatchedHandler(Handler):
         if any(it.pending.slow for it in batch):
             await asyncio.sleep(SLOW_S)
             return  # not a measure of the engine's speed
-        self._pace(model, len(batch) * max(len(it.seq) for it in batch), time.perf_counter() - started)
+        self._pace(model, batch_size(batch, model in self.queue.packed), time.perf_counter() - started)
 
     def _pace(self, model: str, padded_tokens: int, seconds: float) -> None:
         """Size the model's next micro-batches from this one's measure (worker/pacing.py)."""

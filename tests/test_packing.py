@@ -1,0 +1,102 @@
+"""Padding-free (packed) embedding batches: the same vectors as padded batches, for encoders (BERT's absolute
+positions, RoBERTa's positions counted from the padding id) and decoders; planned by real tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.discovery import scan_models
+from common.settings import Settings
+from tests.model_factory import MODEL_MAX_LENGTH, _build_bert_tokenizer, _save_model
+from worker.engines import packing
+from worker.engines.embedding import EmbeddingEngine
+from worker.engines.pooling import pool
+from worker.microbatch import plan_batches
+
+TEXTS = ["hi", "a somewhat longer sentence about the weather today", "x y", "one more text " * 40,
+         "short", "the quick brown fox jumps over the lazy dog " * 3]
+
+
+def make_xlm_roberta(out_dir: Path) -> Path:
+    """Tiny random XLMRobertaModel: positions start at padding_idx + 1, the case packing must offset."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tokenizer = _build_bert_tokenizer(out_dir)
+    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=128, max_position_embeddings=MODEL_MAX_LENGTH + 2,
+                              pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        _save_model(XLMRobertaModel(config).eval(), out_dir)
+    return out_dir
+
+
+def engine_for(folder: Path, model: str, **settings: object) -> EmbeddingEngine:
+    engine = EmbeddingEngine(scan_models(folder).models[model], Settings(device="cpu", **settings))
+    engine.load()
+    return engine
+
+
+def both_paths(engine: EmbeddingEngine, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    assert engine.packed
+    packed = engine.embed(seqs)
+    engine.packed = False
+    try:
+        return packed, engine.embed(seqs)
+    finally:
+        engine.packed = True
+
+
+@pytest.mark.parametrize("model", ["all-minilm-l6-v2", "tiny-qwen3-embedding"])
+def test_packed_vectors_equal_padded(models_dir: Path, model: str) -> None:
+    """Mixed lengths in one batch, more tokens in all than the model's position table (512)."""
+    engine = engine_for(models_dir, model)
+    seqs = engine.inputs.tokenize(TEXTS * 4)
+    assert sum(map(len, seqs)) > 512
+    packed, padded = both_paths(engine, seqs)
+    np.testing.assert_allclose(packed, padded, atol=2e-5)
+    engine.unload()
+
+
+def test_positions_counted_from_the_padding_id(tmp_path: Path) -> None:
+    make_xlm_roberta(tmp_path / "tiny-xlm-roberta")
+    engine = engine_for(tmp_path, "tiny-xlm-roberta")
+    assert packing.position_offset(engine.model) == engine.model.config.pad_token_id + 1
+    packed, padded = both_paths(engine, engine.inputs.tokenize(TEXTS))
+    np.testing.assert_allclose(packed, padded, atol=2e-5)
+
+
+def test_packing_off_keeps_padded_batches(models_dir: Path) -> None:
+    engine = engine_for(models_dir, "all-minilm-l6-v2", embedding_packed=False)
+    assert not engine.packed
+    assert engine.model.config._attn_implementation != packing.PACKED
+
+
+@pytest.mark.parametrize("modes", [("cls",), ("mean",), ("max",), ("lasttoken",), ("mean_sqrt_len_tokens",),
+                                   ("cls", "mean")])
+def test_pool_packed_equals_pool_of_padded(modes: tuple[str, ...]) -> None:
+    lengths = [3, 1, 5]
+    rows = [torch.randn(n, 4) for n in lengths]
+    padded = torch.full((3, 5, 4), 99.0)  # what padding holds must not matter
+    mask = torch.zeros(3, 5, dtype=torch.long)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)], mask[i, : len(row)] = row, 1
+    torch.testing.assert_close(packing.pool_packed(torch.cat(rows), lengths, modes), pool(padded, mask, modes))
+
+
+def test_matches_tells_different_vectors_apart() -> None:
+    vectors = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    assert packing.matches(vectors, vectors + 1e-7, torch.float32)
+    assert not packing.matches(vectors, torch.roll(vectors, 1, dims=-1), torch.float32)
+
+
+def test_packed_plan_counts_real_tokens_and_mixes_lengths() -> None:
+    lengths = [2, 200, 3, 50]
+    assert plan_batches(lengths, budget_tokens=300, max_items=8, packed=True) == [[0, 2, 3, 1]]
+    assert len(plan_batches(lengths, budget_tokens=300, max_items=8)) == 3  # padded: cut where lengths jump
+    assert plan_batches(lengths, budget_tokens=100, max_items=8, packed=True) == [[0, 2, 3], [1]]
+    assert plan_batches(lengths, budget_tokens=300, max_items=2, packed=True) == [[0, 2], [3, 1]]

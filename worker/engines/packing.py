@@ -1,0 +1,116 @@
+"""Padding-free forward passes for transformers encoders and decoders: a batch's sequences end to end in one row.
+
+A padded batch computes every layer on `longest x count` tokens; a packed one on the real tokens only, so a
+batch can take sequences of any mix of lengths at no padding cost (as TEI does with variable-length
+attention). The row carries each sequence's own positions (0, 1, ... per sequence), and attention runs on
+each sequence's own span: the model's attention goes through transformers' attention interface under the
+name `PACKED`, which runs scaled-dot-product attention per span while `segments` are set (and is plain
+`sdpa` otherwise, so the same model still serves padded batches). A model whose attention or positions do
+not go through those (remote code, positions derived from the ids) gives different vectors; `matches`
+compares the two paths on a probe batch at load, and such a model keeps padded batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from worker.engines.base import hf_import
+
+PACKED = "llm_packed"
+_segments: contextvars.ContextVar[tuple[int, ...] | None] = contextvars.ContextVar("packed_segments", default=None)
+
+
+def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs: Any,
+               ) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: [1, heads, tokens, dim] in, [1, tokens, heads, dim] out."""
+    lengths = _segments.get()
+    if lengths is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    causal = bool(getattr(module, "is_causal", False))
+    spans, start = [], 0
+    for n in lengths:
+        end = start + n
+        spans.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=causal, scale=scaling))
+        start = end
+    return torch.cat(spans, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """No mask while packed (the spans are the mask); `sdpa`'s own otherwise."""
+    if _segments.get() is not None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    result: torch.Tensor | None = sdpa_mask(*args, **kwargs)
+    return result
+
+
+def register() -> None:
+    """Make `PACKED` known to transformers (again: the same functions)."""
+    attention, masks = hf_import("AttentionInterface", "AttentionMaskInterface")
+    attention.register(PACKED, _attention)
+    masks.register(PACKED, _mask)
+
+
+@contextlib.contextmanager
+def segments(lengths: list[int]) -> Iterator[None]:
+    """The packed row's sequence lengths, for the attention calls inside."""
+    token = _segments.set(tuple(lengths))
+    try:
+        yield
+    finally:
+        _segments.reset(token)
+
+
+def position_offset(model: torch.nn.Module) -> int:
+    """Where a sequence's positions start: RoBERTa-style embeddings count from `padding_idx + 1`."""
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return int(padding_idx) + 1 if isinstance(padding_idx, int) else 0
+
+
+def packed_inputs(batch: list[list[int]], device: str, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and positions, [1, total tokens] each."""
+    ids = torch.tensor([t for seq in batch for t in seq], dtype=torch.long)
+    positions = torch.cat([torch.arange(offset, offset + len(seq)) for seq in batch])
+    return ids[None].to(device), positions[None].to(device)
+
+
+def pool_packed(hidden: torch.Tensor, lengths: list[int], modes: tuple[str, ...]) -> torch.Tensor:
+    """Pool [total tokens, dim] hidden states per sequence (modes as `pooling.pool`, concatenated)."""
+    sizes = torch.tensor(lengths, device=hidden.device)
+    ends = torch.cumsum(sizes, 0)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(hidden[ends - sizes])
+        elif mode == "lasttoken":
+            parts.append(hidden[ends - 1])
+        elif mode == "max":
+            parts.append(torch.stack([span.max(dim=0).values for span in torch.split(hidden, lengths)]))
+        else:
+            owner = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), sizes)
+            summed = torch.zeros(len(lengths), hidden.shape[-1], dtype=hidden.dtype,
+                                 device=hidden.device).index_add_(0, owner, hidden)
+            count = sizes.to(hidden.dtype)[:, None]
+            parts.append(summed / (count if mode == "mean" else count.sqrt()))
+    return torch.cat(parts, dim=-1)
+
+
+def matches(packed: torch.Tensor, padded: torch.Tensor, dtype: torch.dtype) -> bool:
+    """The packed path's vectors are the padded path's: cosine within 1e-4 in fp32 (1e-3 in half precision)."""
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-3
+    cosine = torch.nn.functional.cosine_similarity(packed.float(), padded.float(), dim=-1)
+    return bool((1 - cosine).max() <= tolerance)
