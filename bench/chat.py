@@ -6,11 +6,12 @@
 Each round runs vLLM's server alone (`python -m vllm.entrypoints.openai.api_server`), then ours alone (API,
 Redis and one worker) with its defaults (on a CPU: vLLM in the worker process, no handover), then ours with
 vLLM in its own processes (`LLM_VLLM_IN_PROCESS=false`, what `LLM_VLLM_HANDOVER_AFTER_S` hands over to; not
-with --smoke), each at every concurrency; one server is alive at a time, each
-started fresh each round. Both decode greedily with `ignore_eos`, eager, fp32, with the same KV cache. One light aiohttp
-SSE client (this process) drives both. Per run: tokens/s, time to first token, SSE chunks per 1,000 tokens
-and CPU seconds per 1,000 tokens of each process (the client; vLLM's server with its engine processes; our
-API, worker and Redis). Figures are medians over rounds; a ratio is ours over vLLM's, per round, then the
+with --smoke), each at every concurrency; one server is alive at a time, each started fresh each round. Both
+decode greedily with `ignore_eos`, eager, fp32, with the same KV cache. One light aiohttp SSE client (this
+process) drives both; levels under 8 streams run that many times over, one after another, so that their time to
+first token is a median of 8 or more. Per run: tokens/s, time to first token, SSE chunks per 1,000 tokens and
+CPU seconds per 1,000 tokens of each process (the client; vLLM's server with its engine processes; our API,
+worker and Redis). Figures are medians over rounds; a ratio is ours over vLLM's, per round, then the
 median. Writes bench/results/chat.json (chat-smoke.json with --smoke).
 """
 
@@ -42,6 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIDES = {"vllm": "vLLM's server", "ours": "ours (default: in-process)", "ours_processes": "ours, vLLM's processes"}
 MODEL = "bench-chat"
 KV_CACHE_BYTES = 256 * 2**20
+SAMPLES_ALONE = 8  # streams below this many at once run again one after the other, for a p50 of >= 8 TTFTs
 
 
 @contextmanager
@@ -96,7 +98,7 @@ def one_server(name: str, server: Any, levels: list[int], max_tokens: int) -> di
         asyncio.run(run_streams(url, MODEL, 2, 4))  # warm-up (our first request also loads the model)
         for level in levels:
             meter = CpuMeter(pids())
-            result = asyncio.run(run_streams(url, MODEL, level, max_tokens))
+            result = asyncio.run(run_streams(url, MODEL, level, max_tokens, repeats=max(1, SAMPLES_ALONE // level)))
             result["cpu_s_per_1k_tokens"] = meter.per_1k_tokens(result["tokens"])
             runs[level] = result
             print(f"  {name:>5} {level:>3} streams: {result['tokens_per_s']:8.0f} tok/s, TTFT p50 "

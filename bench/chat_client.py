@@ -38,14 +38,17 @@ async def stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any])
     return ttft, tokens, chunks
 
 
-async def run_streams(url: str, model: str, concurrency: int, max_tokens: int) -> dict[str, Any]:
-    """`concurrency` streams at once, greedy, each exactly `max_tokens` long (ignore_eos)."""
+async def run_streams(url: str, model: str, concurrency: int, max_tokens: int, repeats: int = 1) -> dict[str, Any]:
+    """`concurrency` streams at once, greedy, each exactly `max_tokens` long (ignore_eos); `repeats` times one
+    after the other (time to first token from one stream alone is one sample otherwise)."""
     bodies = [{"model": model, "messages": m, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
                "stream": True, "stream_options": {"include_usage": True}} for m in prompts(concurrency)]
     connector = aiohttp.TCPConnector(limit=0)
+    results: list[tuple[float, int, int]] = []
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=900)) as session:
         start = time.perf_counter()
-        results = await asyncio.gather(*[stream(session, url, b) for b in bodies])
+        for _ in range(repeats):
+            results += await asyncio.gather(*[stream(session, url, b) for b in bodies])
         wall = time.perf_counter() - start
     tokens = sum(r[1] for r in results)
     ttfts = [r[0] * 1000 for r in results if r[0] >= 0]
