@@ -73,12 +73,13 @@ class Settings(BaseSettings):
         None, ge=64, description="Padded tokens per micro-batch; default 4096 on CPU, 65536 on a GPU.")
     embedding_compile: bool = Field(False, description="torch.compile each layer of embedding models on CUDA.")
     embedding_max_batch_size: int = Field(256, ge=1)
-    embedding_packed: bool | None = Field(
-        None, description="Padding-free batches (each model checked against padded ones at load); unset: on a CPU.")
     embedding_truncate: bool = Field(True, description="Truncate over-long inputs (else 400).")
     embedding_token_ids: Literal["cl100k", "model"] = Field(
         "cl100k", description="Token-id inputs: OpenAI's cl100k_base ids (decoded to text), or the model's own.")
     max_inputs_per_request: int = Field(2048, ge=1)
+
+    packed_batches: bool | None = Field(
+        None, description="Padding-free embedding and rerank batches (each model checked at load); unset: on a CPU.")
 
     # --- rerank ---
     rerank_batch_tokens: int | None = Field(

@@ -1,5 +1,6 @@
-"""Padding-free (packed) embedding batches: the same vectors as padded batches, for encoders (BERT's absolute
-positions, RoBERTa's positions counted from the padding id) and decoders; planned by real tokens."""
+"""Padding-free (packed) batches: the same vectors and rerank scores as padded batches, for encoders (BERT's
+absolute positions, RoBERTa's counted from the padding id; a pooler or a classification head on the first
+token) and decoders (last-token pooling, yes/no logits); planned by real tokens."""
 
 from __future__ import annotations
 
@@ -15,23 +16,26 @@ from tests.model_factory import MODEL_MAX_LENGTH, _build_bert_tokenizer, _save_m
 from worker.engines import packing
 from worker.engines.embedding import EmbeddingEngine
 from worker.engines.pooling import pool
+from worker.engines.rerank import RerankEngine
 from worker.microbatch import plan_batches
 
 TEXTS = ["hi", "a somewhat longer sentence about the weather today", "x y", "one more text " * 40,
          "short", "the quick brown fox jumps over the lazy dog " * 3]
 
 
-def make_xlm_roberta(out_dir: Path) -> Path:
-    """Tiny random XLMRobertaModel: positions start at padding_idx + 1, the case packing must offset."""
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+def make_xlm_roberta(out_dir: Path, classifier: bool = False) -> Path:
+    """Tiny random XLM-RoBERTa (an embedder, or a cross-encoder): positions start at padding_idx + 1, the case
+    packing must offset; the cross-encoder's classification head reads the first token itself (no pooler)."""
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
 
     tokenizer = _build_bert_tokenizer(out_dir)
     config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=128, max_position_embeddings=MODEL_MAX_LENGTH + 2,
+                              intermediate_size=128, max_position_embeddings=MODEL_MAX_LENGTH + 2, num_labels=1,
                               pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
-        _save_model(XLMRobertaModel(config).eval(), out_dir)
+        model = XLMRobertaForSequenceClassification(config) if classifier else XLMRobertaModel(config)
+        _save_model(model.eval(), out_dir)
     return out_dir
 
 
@@ -70,8 +74,35 @@ def test_positions_counted_from_the_padding_id(tmp_path: Path) -> None:
     np.testing.assert_allclose(packed, padded, atol=2e-5)
 
 
+def rerank_engine(folder: Path, model: str) -> RerankEngine:
+    engine = RerankEngine(scan_models(folder).models[model], Settings(device="cpu"))
+    engine.load()
+    return engine
+
+
+def both_scores(engine: RerankEngine) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = engine.inputs.encode("what is the weather like", TEXTS * 3)
+    batch = list(zip(pairs.seqs, pairs.splits, strict=True))
+    assert engine.packed
+    return engine._score_packed(batch), engine._score_padded(batch)
+
+
+@pytest.mark.parametrize("model", ["tiny-bert-reranker", "tiny-qwen3-reranker"])
+def test_packed_rerank_scores_equal_padded(models_dir: Path, model: str) -> None:
+    """BERT: token types per pair, the pooler on each pair's first token; Qwen3: yes/no at each pair's last."""
+    packed, padded = both_scores(rerank_engine(models_dir, model))
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    assert padded[:, 0].std() > 0  # the pairs score differently: a mix-up between them would show
+
+
+def test_packed_rerank_with_a_classification_head(tmp_path: Path) -> None:
+    make_xlm_roberta(tmp_path / "tiny-xlm-roberta-reranker", classifier=True)
+    packed, padded = both_scores(rerank_engine(tmp_path, "tiny-xlm-roberta-reranker"))
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
 def test_packing_off_keeps_padded_batches(models_dir: Path) -> None:
-    engine = engine_for(models_dir, "all-minilm-l6-v2", embedding_packed=False)
+    engine = engine_for(models_dir, "all-minilm-l6-v2", packed_batches=False)
     assert not engine.packed
     assert engine.model.config._attn_implementation != packing.PACKED
 
@@ -88,10 +119,13 @@ def test_pool_packed_equals_pool_of_padded(modes: tuple[str, ...]) -> None:
     torch.testing.assert_close(packing.pool_packed(torch.cat(rows), lengths, modes), pool(padded, mask, modes))
 
 
-def test_matches_tells_different_vectors_apart() -> None:
+def test_the_load_check_tells_different_results_apart() -> None:
     vectors = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     assert packing.matches(vectors, vectors + 1e-7, torch.float32)
     assert not packing.matches(vectors, torch.roll(vectors, 1, dims=-1), torch.float32)
+    scores = torch.randn(3, 2)
+    assert packing.same_scores(scores, scores + 1e-6, torch.float32)
+    assert not packing.same_scores(scores, scores + 1e-2, torch.float32)
 
 
 def test_packed_plan_counts_real_tokens_and_mixes_lengths() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from worker.engines.base import (
     smallest_limit,
 )
 from worker.engines.pooling import pool, read_spec
-
-log = logging.getLogger(__name__)
 
 # Characters kept of a text input before tokenising: far more than any model's window needs,
 # and it keeps a 1 MB string from costing seconds of tokenisation only to be truncated.
@@ -119,23 +116,13 @@ class EmbeddingEngine(ParksModule):
     @torch.inference_mode()
     def _try_packing(self) -> bool:
         """Packed batches (worker/engines/packing.py) where they are on and give the padded path's vectors."""
-        wanted = self.settings.embedding_packed
-        if not (self.device == "cpu" if wanted is None else wanted):
-            return False
-        previous = self.model.config._attn_implementation
-        try:
-            packing.register()
-            self.model.set_attn_implementation(packing.PACKED)
-            self.offset = packing.position_offset(self.model)
-            probe = [[int(t) % self.inputs.vocab_size for t in range(7, 7 + n)] for n in (5, 2, 9)]
-            same = packing.matches(self._embed_packed(probe), self._embed_padded(probe), self.model.dtype)
-        except Exception as exc:  # a model class that refuses the attention interface, or fails packed
-            log.info("%s: padded batches (packing failed: %s)", self.info.id, exc)
-            same = False
-        if not same:
-            self.model.set_attn_implementation(previous)
-        log.info("%s: %s batches", self.info.id, "packed (padding-free)" if same else "padded")
-        return same
+        self.offset = packing.position_offset(self.model)
+        probe = [[int(t) % self.inputs.vocab_size for t in range(7, 7 + n)] for n in (5, 2, 9)]
+
+        def same() -> bool:
+            return packing.matches(self._embed_packed(probe), self._embed_padded(probe), self.model.dtype)
+
+        return packing.try_enable(self.model, self.info.id, self.settings.packed_batches, self.device, same)
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> np.ndarray:

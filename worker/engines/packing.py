@@ -6,20 +6,23 @@ attention). The row carries each sequence's own positions (0, 1, ... per sequenc
 each sequence's own span: the model's attention goes through transformers' attention interface under the
 name `PACKED`, which runs scaled-dot-product attention per span while `segments` are set (and is plain
 `sdpa` otherwise, so the same model still serves padded batches). A model whose attention or positions do
-not go through those (remote code, positions derived from the ids) gives different vectors; `matches`
-compares the two paths on a probe batch at load, and such a model keeps padded batches.
+not go through those (remote code, say) gives different results; `try_enable` compares the two paths on a
+probe batch at load, and such a model keeps padded batches. Embedding models and rerankers use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from worker.engines.base import hf_import
+
+log = logging.getLogger(__name__)
 
 PACKED = "llm_packed"
 _segments: contextvars.ContextVar[tuple[int, ...] | None] = contextvars.ContextVar("packed_segments", default=None)
@@ -64,6 +67,25 @@ def register() -> None:
     masks.register(PACKED, _mask)
 
 
+def try_enable(model: Any, name: str, wanted: bool | None, device: str, same: Callable[[], bool]) -> bool:
+    """Switch `model` to `PACKED` attention when packing is wanted (`LLM_PACKED_BATCHES`; unset: on a CPU) and
+    `same()` (packed against padded results of a probe batch) holds; else leave it as it was."""
+    if not (device == "cpu" if wanted is None else wanted):
+        return False
+    previous = model.config._attn_implementation
+    try:
+        register()
+        model.set_attn_implementation(PACKED)
+        packed = same()
+    except Exception as exc:  # a model class that refuses the attention interface, or fails packed
+        log.info("%s: packing failed (%s)", name, exc)
+        packed = False
+    if not packed:
+        model.set_attn_implementation(previous)
+    log.info("%s: %s batches", name, "packed (padding-free)" if packed else "padded")
+    return packed
+
+
 @contextlib.contextmanager
 def segments(lengths: list[int]) -> Iterator[None]:
     """The packed row's sequence lengths, for the attention calls inside."""
@@ -88,16 +110,27 @@ def packed_inputs(batch: list[list[int]], device: str, offset: int = 0) -> tuple
     return ids[None].to(device), positions[None].to(device)
 
 
+def packed_type_ids(lengths: list[int], splits: list[int], device: str) -> torch.Tensor:
+    """Token type ids, [1, total tokens]: per sequence 0 for its first `split` tokens, 1 after."""
+    types = torch.cat([(torch.arange(n) >= split).long() for n, split in zip(lengths, splits, strict=True)])
+    return types[None].to(device)
+
+
+def ends(lengths: list[int], device: str) -> torch.Tensor:
+    """Each sequence's end (exclusive) in the packed row."""
+    return torch.cumsum(torch.tensor(lengths, device=device), 0)
+
+
 def pool_packed(hidden: torch.Tensor, lengths: list[int], modes: tuple[str, ...]) -> torch.Tensor:
     """Pool [total tokens, dim] hidden states per sequence (modes as `pooling.pool`, concatenated)."""
     sizes = torch.tensor(lengths, device=hidden.device)
-    ends = torch.cumsum(sizes, 0)
+    stops = ends(lengths, str(hidden.device))
     parts = []
     for mode in modes:
         if mode == "cls":
-            parts.append(hidden[ends - sizes])
+            parts.append(hidden[stops - sizes])
         elif mode == "lasttoken":
-            parts.append(hidden[ends - 1])
+            parts.append(hidden[stops - 1])
         elif mode == "max":
             parts.append(torch.stack([span.max(dim=0).values for span in torch.split(hidden, lengths)]))
         else:
@@ -114,3 +147,8 @@ def matches(packed: torch.Tensor, padded: torch.Tensor, dtype: torch.dtype) -> b
     tolerance = 1e-4 if dtype == torch.float32 else 1e-3
     cosine = torch.nn.functional.cosine_similarity(packed.float(), padded.float(), dim=-1)
     return bool((1 - cosine).max() <= tolerance)
+
+
+def same_scores(packed: torch.Tensor, padded: torch.Tensor, dtype: torch.dtype) -> bool:
+    """The packed path's scores are the padded path's: within 1e-4 (1e-2 in half precision), relative 1e-3."""
+    return torch.allclose(packed.float(), padded.float(), rtol=1e-3, atol=1e-4 if dtype == torch.float32 else 1e-2)

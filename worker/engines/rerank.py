@@ -29,6 +29,7 @@ from common.discovery import CAUSAL_LM_SUFFIXES, read_options
 from common.errors import InvalidRequest
 from common.protocol import ModelType
 from common.settings import Settings
+from worker.engines import packing
 from worker.engines.base import (
     ParksModule,
     from_pretrained,
@@ -227,6 +228,19 @@ class RerankEngine(ParksModule):
                                          self.placement, **kwargs)
             self.label = _label_index(self.model.config, self.inputs.options.get("label"))
             self.activation = _activation(self.model.config)
+        self.packed = self._try_packing()
+
+    @torch.inference_mode()
+    def _try_packing(self) -> bool:
+        """Packed batches (worker/engines/packing.py) where they are on and score as padded batches do."""
+        self.offset = packing.position_offset(self.model)
+        vocab = int(self.model.config.vocab_size)
+        probe = [([int(t) % vocab for t in range(7, 7 + n)], split) for n, split in ((5, 2), (2, 1), (9, 4))]
+
+        def same() -> bool:
+            return packing.same_scores(self._score_packed(probe), self._score_padded(probe), self.model.dtype)
+
+        return packing.try_enable(self.model, self.info.id, self.settings.packed_batches, self.device, same)
 
     def _load_yes_no(self, kwargs: dict[str, Any]) -> None:
         AutoModelForCausalLM = hf_import("AutoModelForCausalLM")
@@ -258,12 +272,31 @@ class RerankEngine(ParksModule):
     @torch.inference_mode()
     def score(self, batch: list[tuple[list[int], int]]) -> np.ndarray:
         """float32 [pairs, 2]: per (token ids, type-0 length) pair, its score and its raw score."""
+        return (self._score_packed(batch) if self.packed else self._score_padded(batch)).cpu().numpy()
+
+    def _score_padded(self, batch: list[tuple[list[int], int]]) -> torch.Tensor:
         ids, mask = pad_batch([seq for seq, _ in batch], self.inputs.pad_id, self.device)
         if self.inputs.causal:
-            out = self._yes_no_scores(ids, mask)
-        else:
-            out = self._cross_scores(ids, mask, [split for _, split in batch])
-        return out.cpu().numpy()
+            return self._yes_no_scores(ids, mask)
+        return self._cross_scores(ids, mask, [split for _, split in batch])
+
+    def _score_packed(self, batch: list[tuple[list[int], int]]) -> torch.Tensor:
+        """The pairs end to end in one row: the yes/no logits at each one's last token, or the classifier on each
+        one's first token (where the pooler or the classification head reads it)."""
+        ids, positions = packing.packed_inputs([seq for seq, _ in batch], self.device, self.offset)
+        lengths = [len(seq) for seq, _ in batch]
+        extra: dict[str, Any] = {"use_cache": False} if self.inputs.causal else {}
+        if self.inputs.uses_type_ids:
+            extra["token_type_ids"] = packing.packed_type_ids(lengths, [split for _, split in batch], self.device)
+        with packing.segments(lengths):
+            hidden = self.model.base_model(input_ids=ids, position_ids=positions, **extra).last_hidden_state[0]
+        stops = packing.ends(lengths, self.device)
+        if self.inputs.causal:
+            return self._yes_no(hidden[stops - 1])
+        first = hidden[stops - torch.tensor(lengths, device=self.device)][:, None]  # [pairs, 1, hidden]
+        pooler = getattr(self.model.base_model, "pooler", None)
+        logits = self.model.classifier(first if pooler is None else pooler(first))
+        return self._cross(logits.float())
 
     def _cross_scores(self, ids: torch.Tensor, mask: torch.Tensor, splits: list[int]) -> torch.Tensor:
         extra: dict[str, torch.Tensor] = {}
@@ -271,7 +304,9 @@ class RerankEngine(ParksModule):
             positions = torch.arange(ids.shape[1], device=self.device)
             starts = torch.tensor(splits, device=self.device).unsqueeze(1)
             extra["token_type_ids"] = ((positions >= starts) & (mask > 0)).long()
-        logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits.float()
+        return self._cross(self.model(input_ids=ids, attention_mask=mask, **extra).logits.float())
+
+    def _cross(self, logits: torch.Tensor) -> torch.Tensor:
         raw = logits[:, self.label]
         if logits.shape[1] == 1:
             return torch.stack([self.activation(raw), raw], dim=1)
@@ -279,7 +314,9 @@ class RerankEngine(ParksModule):
 
     def _yes_no_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        last = hidden[torch.arange(ids.shape[0], device=self.device), mask.sum(dim=1) - 1]
+        return self._yes_no(hidden[torch.arange(ids.shape[0], device=self.device), mask.sum(dim=1) - 1])
+
+    def _yes_no(self, last: torch.Tensor) -> torch.Tensor:
         no_yes = torch.nn.functional.linear(last, self.yes_no_weight, self.yes_no_bias).float()
         raw = no_yes[:, 1] - no_yes[:, 0]
         return torch.stack([torch.softmax(no_yes, dim=1)[:, 1], raw], dim=1)
