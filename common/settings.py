@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(2048, ge=1)
 
     packed_batches: bool | None = Field(
-        None, description="Padding-free embedding and rerank batches (each model checked at load); unset: on a CPU.")
+        None, description="Padding-free batches (each model checked at load); unset: embeddings on a CPU only.")
 
     # --- rerank ---
     rerank_batch_tokens: int | None = Field(

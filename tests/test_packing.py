@@ -75,7 +75,7 @@ def test_positions_counted_from_the_padding_id(tmp_path: Path) -> None:
 
 
 def rerank_engine(folder: Path, model: str) -> RerankEngine:
-    engine = RerankEngine(scan_models(folder).models[model], Settings(device="cpu"))
+    engine = RerankEngine(scan_models(folder).models[model], Settings(device="cpu", packed_batches=True))
     engine.load()
     return engine
 
@@ -105,6 +105,9 @@ def test_packing_off_keeps_padded_batches(models_dir: Path) -> None:
     engine = engine_for(models_dir, "all-minilm-l6-v2", packed_batches=False)
     assert not engine.packed
     assert engine.model.config._attn_implementation != packing.PACKED
+    reranker = RerankEngine(scan_models(models_dir).models["tiny-bert-reranker"], Settings(device="cpu"))
+    reranker.load()
+    assert not reranker.packed  # rerankers pack only when LLM_PACKED_BATCHES=true
 
 
 @pytest.mark.parametrize("modes", [("cls",), ("mean",), ("max",), ("lasttoken",), ("mean_sqrt_len_tokens",),

@@ -240,7 +240,9 @@ class RerankEngine(ParksModule):
         def same() -> bool:
             return packing.same_scores(self._score_packed(probe), self._score_padded(probe), self.model.dtype)
 
-        return packing.try_enable(self.model, self.info.id, self.settings.packed_batches, self.device, same)
+        # Only when asked: on rerank pairs (a query and a document each, lengths less spread than embedding
+        # inputs) packed batches measured slower than padded ones on a CPU (docs/benchmarks.md).
+        return packing.try_enable(self.model, self.info.id, self.settings.packed_batches or False, self.device, same)
 
     def _load_yes_no(self, kwargs: dict[str, Any]) -> None:
         AutoModelForCausalLM = hf_import("AutoModelForCausalLM")
