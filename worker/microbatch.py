@@ -6,8 +6,8 @@ the fewest sequences served (fair interleaving: a one-text request arriving behi
 very next batch, and a job part-served never starves behind new ones), looks at a window of the waiting sequences of
 that model (that job's first), sorts them by length and cuts them into batches whose padded size
 (longest x count; their real tokens where the model's engine packs them) stays within the token budget and
-within `MAX_PADDING` times their real tokens; it
-returns the batch that holds the chosen job's shortest waiting sequence. The budget is the configured one,
+within `MAX_PADDING` times their real tokens; it returns the batch that holds the chosen job's shortest
+waiting sequence. The budget is the configured one,
 cut by the handler to about 0.05 s of engine time at the speed it measures (worker/pacing.py), so any job waits
 behind at most one such batch, and cancelled jobs are dropped between batches. A sequence longer than the
 budget on its own still gets a batch of one: nothing is ever dropped or left to hang.

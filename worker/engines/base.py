@@ -39,6 +39,7 @@ class Engine(ABC):
     """A loaded model. `load`/`unload`/`park`/`wake` are blocking (run them off the event loop)."""
 
     model_type: ClassVar[ModelType]
+    packed = False  # runs padding-free batches (worker/engines/packing.py): the queue plans them by real tokens
 
     def __init__(self, info: ModelInfo, settings: Settings, placement: Placement | None = None) -> None:
         self.info = info

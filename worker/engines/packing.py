@@ -116,19 +116,21 @@ def packed_type_ids(lengths: list[int], splits: list[int], device: str) -> torch
     return types[None].to(device)
 
 
-def ends(lengths: list[int], device: str) -> torch.Tensor:
-    """Each sequence's end (exclusive) in the packed row."""
-    return torch.cumsum(torch.tensor(lengths, device=device), 0)
+def bounds(lengths: list[int], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sequence's first token and its end (exclusive) in the packed row."""
+    sizes = torch.tensor(lengths, device=device)
+    stops = torch.cumsum(sizes, 0)
+    return stops - sizes, stops
 
 
 def pool_packed(hidden: torch.Tensor, lengths: list[int], modes: tuple[str, ...]) -> torch.Tensor:
     """Pool [total tokens, dim] hidden states per sequence (modes as `pooling.pool`, concatenated)."""
-    sizes = torch.tensor(lengths, device=hidden.device)
-    stops = ends(lengths, str(hidden.device))
+    starts, stops = bounds(lengths, str(hidden.device))
+    sizes = stops - starts
     parts = []
     for mode in modes:
         if mode == "cls":
-            parts.append(hidden[stops - sizes])
+            parts.append(hidden[starts])
         elif mode == "lasttoken":
             parts.append(hidden[stops - 1])
         elif mode == "max":

@@ -241,7 +241,7 @@ class RerankEngine(ParksModule):
             return packing.same_scores(self._score_packed(probe), self._score_padded(probe), self.model.dtype)
 
         # Only when asked: on rerank pairs (a query and a document each, lengths less spread than embedding
-        # inputs) packed batches measured slower than padded ones on a CPU (docs/benchmarks.md).
+        # inputs) packed batches measured slower than padded ones on a CPU (README, LLM_PACKED_BATCHES).
         return packing.try_enable(self.model, self.info.id, self.settings.packed_batches or False, self.device, same)
 
     def _load_yes_no(self, kwargs: dict[str, Any]) -> None:
@@ -292,10 +292,10 @@ class RerankEngine(ParksModule):
             extra["token_type_ids"] = packing.packed_type_ids(lengths, [split for _, split in batch], self.device)
         with packing.segments(lengths):
             hidden = self.model.base_model(input_ids=ids, position_ids=positions, **extra).last_hidden_state[0]
-        stops = packing.ends(lengths, self.device)
+        starts, stops = packing.bounds(lengths, self.device)
         if self.inputs.causal:
             return self._yes_no(hidden[stops - 1])
-        first = hidden[stops - torch.tensor(lengths, device=self.device)][:, None]  # [pairs, 1, hidden]
+        first = hidden[starts][:, None]  # [pairs, 1, hidden]
         pooler = getattr(self.model.base_model, "pooler", None)
         logits = self.model.classifier(first if pooler is None else pooler(first))
         return self._cross(logits.float())

@@ -133,7 +133,8 @@ class BatchedHandler(Handler):
                 await self._fail({pending}, exc)
             return
         self._awaiting.pop(job.id, None)
-        if getattr(self.scheduler.engines.get(job.model), "packed", False):
+        engine = self.scheduler.engines.get(job.model)
+        if engine is not None and engine.packed:
             self.queue.packed.add(job.model)
         else:
             self.queue.packed.discard(job.model)
