@@ -2,11 +2,14 @@
 uses) and in vLLM's own engine processes (the default on a GPU). Both give the same tokens; the in-process engine
 unloads and loads again in the same process (a switch back to a chat model) and still answers the same; two
 in-process engines resident side by side answer as each does alone, and one's unload leaves the other serving; a
-model kept busy is handed over to vLLM's processes mid-traffic without a failed request or a changed answer."""
+model kept busy is handed over to vLLM's processes mid-traffic without a failed request or a changed answer. On two
+CPUs the engine thread and the event loop share one CPU while a chat model is loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -112,6 +115,35 @@ def test_two_in_process_engines_side_by_side(in_process: Stack) -> None:
     assert [answer(in_process, p, model=OTHER) for p in PROMPTS] == [alone[(OTHER, p)] for p in PROMPTS]
     assert answer(in_process, PROMPTS[0]) == alone[(CHAT, PROMPTS[0])]  # and the unloaded one comes back
 
+
+
+def thread_cpus(pid: int) -> dict[int, set[int]]:
+    """Each live thread of a process: the CPUs it may run on."""
+    out = {}
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        with contextlib.suppress(ProcessLookupError):
+            out[tid] = os.sched_getaffinity(tid)
+    return out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="the engine computes with one thread on two CPUs")
+def test_the_engine_thread_shares_the_event_loops_cpu_and_pool_threads_do_not(in_process: Stack) -> None:
+    """worker/cpus.py on a running worker: the in-process engine and the event loop (the main thread) on one CPU,
+    the pool threads (model loads, embedding batches) on both; with every chat model unloaded, the loop on both."""
+    given = os.sched_getaffinity(0)
+    assert answer(in_process, PROMPTS[0])
+    worker = in_process.workers[0].pid
+    threads = thread_cpus(worker)
+    loop = threads[worker]
+    assert len(loop) == 1 and loop < given
+    assert sum(cpus == loop for cpus in threads.values()) >= 2  # the loop and the engine thread
+    assert any(cpus == given for cpus in threads.values())  # the pool's threads
+    for model in (CHAT, OTHER):
+        if card(in_process, model).get("state") == "loaded":
+            unload(in_process, model)
+    wait_until(lambda: os.sched_getaffinity(worker) == given, 30, "the event loop back on every CPU")
+    assert answer(in_process, PROMPTS[0])  # and pinned again with the next load
+    assert len(os.sched_getaffinity(worker)) == 1
 
 def test_a_busy_model_is_handed_over_to_vllms_processes(models_dir: Path, tmp_path: Path) -> None:
     server, stack = start(models_dir, tmp_path, LLM_VLLM_HANDOVER_AFTER_S="1")

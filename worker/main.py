@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,6 +24,7 @@ from common import keys
 from common.logs import setup_logging
 from common.redis_client import connect
 from common.settings import Settings
+from worker import cpus
 from worker.admin import AdminCommands
 from worker.engines.base import settle_heap
 from worker.engines.registry import warm_up
@@ -202,6 +204,8 @@ async def serve(settings: Settings) -> None:
     redis = connect(settings.effective_redis_url, socket_connect_timeout=2.0)
     worker = Worker(settings, redis)
     loop = asyncio.get_running_loop()
+    # Threads that compute run on every CPU, whichever CPU the event loop is pinned to (worker/cpus.py).
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="worker", initializer=cpus.compute_anywhere))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)
     try:

@@ -18,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from worker import cpus
+
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +84,7 @@ class HandoverEngine:
             threading.Thread(target=self._start, args=(loop,), name=f"vllm-start-{self._name}", daemon=True).start()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        cpus.compute_anywhere()  # started from the event loop, perhaps pinned; vLLM's processes inherit this
         started = time.perf_counter()
         try:
             engine = self._start_next()

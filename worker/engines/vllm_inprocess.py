@@ -15,7 +15,8 @@ commands through a queue, and each step's outputs come back to the loop in one c
 may be resident in one worker: vLLM keeps its forward context, current config and distributed groups in
 module globals, so the engines of one process take turns (one lock around every call into vLLM: on a CPU
 each step uses every core anyway), share the distributed groups, and only the last one to shut down tears
-them down.
+them down. Computing with one thread (on two cores), the engine thread and the event loop share one CPU
+(worker/cpus.py): they hand the GIL to each other many times a step.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from common.errors import EngineFailure
+from worker import cpus
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class InProcessEngine:
     def shutdown(self) -> None:
         self._inbox.put(None)
         self._thread.join(timeout=60)
+        cpus.release_loop_cpu(self._thread.native_id)
         self._fail_all(EngineFailure("the chat engine was unloaded", code="engine_error"))
         with _TURN:
             _LIVE.discard(id(self))
@@ -149,7 +152,9 @@ class InProcessEngine:
         import torch
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        torch._C.set_num_threads(engine_threads())  # this thread's only (OpenMP); vLLM stubs torch.set_num_threads
+        threads = engine_threads()
+        torch._C.set_num_threads(threads)  # this thread's only (OpenMP); vLLM stubs torch.set_num_threads
+        cpus.share_loop_cpu(threads)  # with one compute thread: on the event loop's CPU (worker/cpus.py)
 
         # vLLM reads this when it builds the config (on a CPU it picks its in-process executor only then).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
