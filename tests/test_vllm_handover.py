@@ -1,7 +1,8 @@
 """The handover rule (worker/engines/vllm_handover.py) with stand-in engines: a model busy for `after_s` starts its
 next engine once; new requests go to it once it is up, running ones finish where they are, and the first engine
-is shut down after its last request; an idle moment restarts the clock; an unload during the start shuts the
-late engine down. (tests/test_vllm_engine.py does it with vLLM's real engines.)"""
+is shut down after its last request; an idle moment restarts the clock, the gaps between clients' requests do
+not; an unload during the start shuts the late engine down. (tests/test_vllm_engine.py does it with vLLM's real
+engines.)"""
 
 from __future__ import annotations
 
@@ -96,6 +97,24 @@ def test_an_idle_moment_restarts_the_busy_clock() -> None:
     asyncio.run(bursts())
     assert starts == [] and engine.handovers == 0
 
+
+
+def test_clients_in_lockstep_keep_the_model_busy() -> None:
+    """Four clients whose requests end together and are sent again a few milliseconds later: no request runs when
+    each round arrives, yet the model is busy, and it is handed over (CI's handover test ran that way)."""
+    engine = HandoverEngine(StandIn("first"), lambda: StandIn("second"), after_s=0.3, name="m")
+
+    async def lockstep() -> list[str]:
+        answered: list[str] = []
+        deadline, i = time.monotonic() + 1.2, 0
+        while time.monotonic() < deadline:
+            answered += await asyncio.gather(*(served_by(engine, f"r{i}-{n}") for n in range(4)))
+            await asyncio.sleep(0.005)
+            i += 1
+        return answered
+
+    answered = asyncio.run(lockstep())
+    assert engine.handovers == 1 and answered[-1] == "second"
 
 def test_no_handover_with_zero_and_an_unload_during_the_start() -> None:
     never = HandoverEngine(StandIn("first"), lambda: StandIn("second"), after_s=0, name="m")

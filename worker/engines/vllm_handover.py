@@ -22,6 +22,8 @@ from worker import cpus
 
 log = logging.getLogger(__name__)
 
+IDLE_GAP_S = 0.5  # no request running for this long (or a quarter of `after_s`, if less): the busy clock restarts
+
 
 class HandoverEngine:
     def __init__(self, first: Any, start_next: Callable[[], Any], after_s: float, name: str) -> None:
@@ -32,6 +34,8 @@ class HandoverEngine:
         self._owners: dict[str, Any] = {}  # request id -> the engine it runs on
         self._retiring: list[Any] = []  # engines handed over from, until their last request ends
         self._busy_since: float | None = None
+        self._idle_from: float | None = None  # when the last running request ended
+        self._idle_gap_s = min(IDLE_GAP_S, after_s / 4)
         self._starting = False
         self._closed = False
         self.handovers = 0
@@ -45,6 +49,8 @@ class HandoverEngine:
                 yield output
         finally:
             self._owners.pop(request_id, None)
+            if not self._owners:
+                self._idle_from = time.monotonic()
             self._retire_idle()
 
     async def abort(self, request_id: str) -> None:
@@ -69,10 +75,11 @@ class HandoverEngine:
     # ---- the handover ----
 
     def _consider_handover(self) -> None:
-        """A request arriving while others run keeps the model's busy clock going; one that finds it idle
-        restarts it. Busy for `after_s`: start the processes, once."""
+        """A request that finds the model idle for a moment (none of its requests running for `_idle_gap_s`)
+        restarts its busy clock; the milliseconds between one client's requests, or between the rounds of
+        clients in lockstep, do not. Busy for `after_s`: start the processes, once."""
         now = time.monotonic()
-        if self.current.get_num_unfinished_requests() == 0:
+        if not self._owners and (self._idle_from is None or now - self._idle_from >= self._idle_gap_s):
             self._busy_since = now
         if self.handovers or self._starting or self._after_s <= 0 or self._busy_since is None:
             return
