@@ -116,7 +116,6 @@ def test_two_in_process_engines_side_by_side(in_process: Stack) -> None:
     assert answer(in_process, PROMPTS[0]) == alone[(CHAT, PROMPTS[0])]  # and the unloaded one comes back
 
 
-
 def thread_cpus(pid: int) -> dict[int, set[int]]:
     """Each live thread of a process: the CPUs it may run on."""
     out = {}
@@ -144,6 +143,7 @@ def test_the_engine_thread_shares_the_event_loops_cpu_and_pool_threads_do_not(in
     wait_until(lambda: os.sched_getaffinity(worker) == given, 30, "the event loop back on every CPU")
     assert answer(in_process, PROMPTS[0])  # and pinned again with the next load
     assert len(os.sched_getaffinity(worker)) == 1
+
 
 def test_a_busy_model_is_handed_over_to_vllms_processes(models_dir: Path, tmp_path: Path) -> None:
     server, stack = start(models_dir, tmp_path, LLM_VLLM_HANDOVER_AFTER_S="1")

@@ -98,7 +98,6 @@ def test_an_idle_moment_restarts_the_busy_clock() -> None:
     assert starts == [] and engine.handovers == 0
 
 
-
 def test_clients_in_lockstep_keep_the_model_busy() -> None:
     """Four clients whose requests end together and are sent again a few milliseconds later: no request runs when
     each round arrives, yet the model is busy, and it is handed over (CI's handover test ran that way)."""
@@ -115,6 +114,7 @@ def test_clients_in_lockstep_keep_the_model_busy() -> None:
 
     answered = asyncio.run(lockstep())
     assert engine.handovers == 1 and answered[-1] == "second"
+
 
 def test_no_handover_with_zero_and_an_unload_during_the_start() -> None:
     never = HandoverEngine(StandIn("first"), lambda: StandIn("second"), after_s=0, name="m")
