@@ -11,6 +11,7 @@ from typing import Any
 from common.discovery import ModelInfo
 from common.errors import EngineFailure, InvalidRequest
 from common.settings import Settings
+from worker.engines import vllm_cpu_kernels
 from worker.engines.base import TRANSFORMERS_IMPORT, collect_garbage, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
 from worker.engines.vllm_handover import HandoverEngine
@@ -72,12 +73,15 @@ def engine_args(info: ModelInfo, settings: Settings, placement: Placement | None
         raise EngineFailure(placement.error, code="model_load_failed")
     planned = dict(placement.engine_args)
     util = planned.pop("gpu_memory_utilization", None)
+    extra: dict[str, Any] = {} if util is None else {"gpu_memory_utilization": util}
+    if (kernels := vllm_cpu_kernels.priority()) is not None:  # on a CPU: vLLM's C++ RMSNorm kernels
+        extra["ir_op_priority"] = kernels
     dtype: Any = load_dtype(info, settings.vllm_dtype)
     return AsyncEngineArgs(
         model=info.path, dtype=dtype, tensor_parallel_size=settings.vllm_tensor_parallel_size,
         enforce_eager=enforce_eager(settings), trust_remote_code=settings.trust_remote_code,
         disable_log_stats=True, enable_sleep_mode=sleep, **planned,
-        **({} if util is None else {"gpu_memory_utilization": util}),
+        **extra,
         # JSON modes emit compact JSON: small models otherwise tend to pad with whitespace forever. The
         # reasoning parser lets a grammar wait until the think block has ended.
         structured_outputs_config=StructuredOutputsConfig(
