@@ -12,7 +12,7 @@ from common.discovery import ModelInfo
 from common.errors import EngineFailure, InvalidRequest
 from common.settings import Settings
 from worker.engines import vllm_cpu_kernels
-from worker.engines.base import TRANSFORMERS_IMPORT, collect_garbage, pick_device
+from worker.engines.base import TRANSFORMERS_IMPORT, collect_garbage_sometimes, free_memory, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams, TokenLogprob
 from worker.engines.vllm_handover import HandoverEngine
 from worker.engines.vllm_inprocess import InProcessEngine
@@ -163,9 +163,14 @@ class VllmChatEngine(ChatEngine):
         return AsyncLLM.from_engine_args(engine_args(self.info, self.settings, self.placement))
 
     def unload(self) -> None:
+        """The engine's shutdown releases its weights and KV cache (in this process: by hand, see
+        `vllm_inprocess._teardown`); on a GPU, what its other device buffers hold goes back at once."""
         self.engine.shutdown()
         del self.engine
-        collect_garbage()
+        if on_cpu(self.settings):
+            collect_garbage_sometimes()
+        else:
+            free_memory("cuda")
 
     def running(self) -> int:
         return int(self.engine.get_num_unfinished_requests())

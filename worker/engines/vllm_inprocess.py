@@ -14,8 +14,8 @@ Every call into vLLM happens on the engine thread (vLLM's engine is not thread-s
 commands through a queue, and each step's outputs come back to the loop in one callback. Several chat models
 may be resident in one worker: vLLM keeps its forward context, current config and distributed groups in
 module globals, so the engines of one process take turns (one lock around every call into vLLM: on a CPU
-each step uses every core anyway), share the distributed groups, and only the last one to shut down tears
-them down. Computing with one thread (on two cores), the engine thread and the event loop share one CPU
+each step uses every core anyway) and share the distributed groups, which stay up for the life of the
+process. Computing with one thread (on two cores), the engine thread and the event loop share one CPU
 (worker/cpus.py): they hand the GIL to each other many times a step.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import os
 import queue
@@ -43,7 +42,6 @@ Stream = asyncio.Queue[Any]  # RequestOutputs, then possibly an exception
 # many times a step. 0.5 ms measured +20-30% tokens/s at 8 and 64 streams on the 2-core machine.
 SWITCH_INTERVAL_S = 0.0005
 _TURN = threading.Lock()  # held by an engine thread for each call into vLLM (module globals: see above)
-_LIVE: set[int] = set()  # the in-process engines started and not shut down (guarded by _TURN)
 
 
 def engine_threads() -> int:
@@ -107,18 +105,7 @@ class InProcessEngine:
         cpus.release_loop_cpu(self._thread.native_id)
         self._fail_all(EngineFailure("the chat engine was unloaded", code="engine_error"))
         with _TURN:
-            _LIVE.discard(id(self))
-            client = self.engine.engine_core  # vLLM's InprocClient
-            if not _LIVE:
-                client.shutdown()  # also tears down the distributed groups
-                return
-            # EngineCore.shutdown without its teardown of the distributed groups, which the others still use
-            core = client.engine_core
-            client._finalizer.detach()
-            core.structured_output_manager.clear_backend()
-            core.model_executor.shutdown()
-            core.scheduler.shutdown()
-            gc.unfreeze()
+            _teardown(self.engine.engine_core)
 
     # ---- the engine thread ----
 
@@ -161,7 +148,6 @@ class InProcessEngine:
         try:
             with _TURN:
                 self.engine = LLMEngine.from_engine_args(args, enable_multiprocessing=False)
-                _LIVE.add(id(self))
         except BaseException as exc:  # raised by __init__, in the loading thread
             started.set_exception(exc)
             return
@@ -211,6 +197,32 @@ class InProcessEngine:
         while (command := self._inbox.get()) is not None:
             with _TURN:
                 command()
+
+
+def _teardown(client: Any) -> None:
+    """vLLM's `EngineCore.shutdown` without what made a switch cost seconds: the distributed groups stay for
+    the process's next engine (the same for every single-device engine; tearing them down cost 0.12 s), and
+    no full collection (vLLM's worker unfreezes the heap and collects it twice, 0.5-0.6 s apiece in a worker;
+    the model runner's own shutdown, called here, collects only what is not settled). The model's memory is
+    released by hand instead: each vLLM parameter's `weight_loader` is a method of its module, a cycle only a
+    full collection would break, so every module holding parameters is emptied; the runner drops the KV
+    cache. What stays in cycles is small objects, for the worker's next full collection
+    (`collect_garbage_sometimes`)."""
+    import torch
+
+    core = client.engine_core
+    client._finalizer.detach()  # its callback is the full EngineCore.shutdown
+    runner = core.model_executor.driver_worker.worker.model_runner
+    model = runner.get_model()
+    core.structured_output_manager.clear_backend()
+    runner.shutdown()
+    core.scheduler.shutdown()
+    for module in list(model.modules()):
+        if module._parameters:  # its own, never shared (rotary embeddings are, across engines: vLLM caches them)
+            for tensor in module.parameters(recurse=False):
+                tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+            module.__dict__.clear()  # packed weights (oneDNN handles) live in plain attributes
+    runner.__dict__.clear()  # its input buffers (max_num_batched_tokens x hidden size, and more)
 
 
 def _put_all(items: list[tuple[Stream, Any]]) -> None:
