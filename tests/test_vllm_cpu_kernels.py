@@ -1,6 +1,7 @@
 """vLLM's C++ RMSNorm kernels on a CPU (worker/engines/vllm_cpu_kernels.py): the same values as vLLM's native
 norms, strided inputs included; first in the priority of every chat model's engine arguments, and in vLLM's
-engine config built from them; not named where vLLM's allow-list of plugins leaves ours out. (That vLLM's own
+engine config built from them; not named where vLLM's allow-list of plugins leaves ours out. vLLM's Python
+stand-ins for Triton kernels are registered once per process, not at every engine start. (That vLLM's own
 engine processes load them, and that answers keep their tokens, is what the chat tests check end to end.)"""
 
 from __future__ import annotations
@@ -49,3 +50,15 @@ def test_chat_engines_put_the_kernels_first(models_dir: Path, monkeypatch: pytes
     assert priority.rms_norm[0] == priority.fused_add_rms_norm[0] == PROVIDER
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # vLLM would not load ours in its processes
     assert vllm_cpu_kernels.priority() is None
+
+
+def test_vllms_triton_stand_ins_register_once_per_process() -> None:
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.triton_utils import dispatcher
+
+    vllm_cpu_kernels.register()
+    CpuPlatform.register_triton_kernel_overrides()  # as each engine start calls it
+    first = dict(dispatcher._registry)
+    assert first
+    CpuPlatform.register_triton_kernel_overrides()
+    assert dispatcher._registry == first  # not registered again over the stand-ins (a scan of every module)
