@@ -48,6 +48,7 @@ LOADED = re.compile(r"loaded (\S+) in ([0-9.]+) s \((from disk|warm)")
 TEXT = "How far is the moon from the earth?"
 MODELS = ("model-a", "model-b")
 CHAT_MODELS = ("chat-a", "chat-b")
+CHAT_ROUNDS = 4  # A, B four times: seven switches
 CHAT_MODES = {"in-process, eager (the CPU default)": {},
               "vLLM's own processes, eager": {"LLM_VLLM_IN_PROCESS": "false"},
               "in-process, compiled": {"LLM_VLLM_ENFORCE_EAGER": "false"}}
@@ -150,11 +151,12 @@ def with_stack(models: Path, workdir: Path, cache: int, work: Any, cpu_cache_gb:
 
 
 def chat_switches(models: Path, workdir: Path, modes: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """Per vLLM mode, a fresh stack and an empty vLLM cache: chat requests A, B, A, B with one slot, each a
-    switch; the worker's logged load seconds and each request's milliseconds."""
+    """Per vLLM mode, a fresh stack and an empty vLLM cache: chat requests A, B, A, B, ... with one slot, each
+    a switch (the unloads that end in a full garbage collection among them: every fourth); the worker's logged
+    load seconds and each request's milliseconds."""
     def work(stack: Stack) -> tuple[list[float], list[float]]:
         with httpx.Client(base_url=stack.base_url, timeout=900) as client:
-            times = [chat_ms(client, m) for m in (*CHAT_MODELS, *CHAT_MODELS)]
+            times = [chat_ms(client, m) for m in CHAT_MODELS * CHAT_ROUNDS]
         return times, [round(s, 3) for _, s in loads(stack)]
 
     rows = []
@@ -162,7 +164,9 @@ def chat_switches(models: Path, workdir: Path, modes: dict[str, dict[str, str]])
         times, logged = with_stack(models, workdir, 1, work, cpu_cache_gb="0", name=f"chat-{n}",
                                    VLLM_CACHE_ROOT=str(workdir / f"vllm-cache-{n}"), **env)
         rows.append({"mode": mode, "env": env, "load_s": logged, "request_ms": [round(t, 1) for t in times],
-                     "first_load_s": logged[0], "second_load_s": logged[1], "switch_back_load_s": logged[2]})
+                     "first_load_s": logged[0], "second_load_s": logged[1], "switch_back_load_s": logged[2],
+                     "switch_request_ms_median": round(statistics.median(times[1:]), 1),
+                     "switch_request_ms_max": round(max(times[1:]), 1)})
     return rows
 
 
@@ -248,10 +252,11 @@ def print_table(result: dict[str, Any]) -> None:
     for r in result["interleaved"]:
         print(f"{r['cache_size']:>10} {r['cpu_cache']!s:>8} {r['in_flight']:>9} {r['loads_per_100']:>13.1f}"
               f" {r['requests_per_s']:>8.1f}")
-    print(f"{'vLLM chat, one slot':<40} {'1st load s':>10} {'2nd load s':>10} {'back s':>7}  requests ms")
+    print(f"{'vLLM chat, one slot':<40} {'1st load s':>10} {'2nd load s':>10} {'back s':>7} {'switch ms':>10}"
+          f" {'max':>7}  requests ms")
     for r in result["vllm_chat"]:
         print(f"{r['mode']:<40} {r['first_load_s']:>10.2f} {r['second_load_s']:>10.2f} {r['switch_back_load_s']:>7.2f}"
-              f"  {r['request_ms']}")
+              f" {r['switch_request_ms_median']:>10.0f} {r['switch_request_ms_max']:>7.0f}  {r['request_ms']}")
 
 
 def main() -> None:

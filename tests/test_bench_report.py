@@ -168,7 +168,7 @@ def test_every_benchmark_gets_a_table_and_a_plot(tmp_path: Path) -> None:
     assert "vllm 0.32.0" in found["dispatch"] and "NVIDIA H200" in found["gpu"]
     assert "date not recorded" in found["chat"]  # an older run: machine as a string, no date
     assert "| 32 | 2,880 | - | 3,200 | 0.90x | - |" in found["chat"]
-    assert "| in-process, eager | 1.90 | 0.40 | 0.30 | 2,100 / 500 / 400 / 400 |" in found["switching"]
+    assert "| in-process, eager | 1.90 | 0.40 | 0.30 | 400 | 500 | 2,100 / 500 / 400 / 400 |" in found["switching"]
     assert len(check_pngs(page, out)) == len(BENCHMARKS)
     import matplotlib.image
 
