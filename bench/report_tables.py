@@ -160,7 +160,8 @@ def _chat_switches(rows: list[dict[str, Any]]) -> Lines:
     cells = [[x["mode"], x["first_load_s"], x["second_load_s"], x["switch_back_load_s"],
               *_switch_ms(x), " / ".join(f"{t:,.0f}" for t in x["request_ms"])] for x in rows]
     return ["vLLM chat models, one slot, requests A, B, A, B, ... (each after the first a switch; loads as the worker "
-            "logs them):", "",
+            "logs them; the first load also waits for what is left of the worker's warm-up at start: vLLM's imports "
+            "and its inspection of the architecture, 10-30 s on this machine):", "",
             *table(["vLLM mode", "first cold load s (empty vLLM cache)", "second cold load s", "switch back s",
                     "switch request ms, median", "max", "request ms"], cells)]
 
