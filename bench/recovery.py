@@ -2,8 +2,9 @@
 by the other worker, and how many requests fail.
 
 Set-up per heartbeat setting (`LLM_WORKER_HEARTBEAT_S`, 1 s is the default): its own redis-server, one API,
-two workers (tests/stack.py), an embedding model, and `clients` asyncio tasks that each send embedding
-requests (a few texts) one after another, with a generous client timeout and their own `X-Request-ID`.
+two workers (tests/stack.py), an embedding model (pinned, so every worker loads it), and `clients` asyncio
+tasks that each send embedding requests (a few texts) one after another, with a generous client timeout and
+their own `X-Request-ID`.
 After a warm-up (both workers have loaded the model and served), each kill goes:
 
 1. note the requests in flight (sent, not answered) and SIGKILL the oldest living worker (worker 0 first,
@@ -279,7 +280,10 @@ def summarise(heartbeat: float, kills: list[dict[str, Any]], totals: dict[str, A
 def one_setting(models: Path, workdir: Path, plan: Plan, heartbeat: float) -> dict[str, Any]:
     name = f"hb{heartbeat}"
     redis = RedisServer(workdir / f"redis-{name}")
-    stack = Stack(redis.url, models, workdir / f"logs-{name}", env_extra={"LLM_WORKER_HEARTBEAT_S": str(heartbeat)})
+    # Pinned: every worker loads the model at start. Unpinned, the second worker would load a copy only when the
+    # first one left a job waiting `LLM_REPLICA_AFTER_S` (or by a race at the first cold load).
+    stack = Stack(redis.url, models, workdir / f"logs-{name}",
+                  env_extra={"LLM_WORKER_HEARTBEAT_S": str(heartbeat), "LLM_PINNED_MODELS": MODEL})
     try:
         redis.start()
         stack.start()
