@@ -24,7 +24,7 @@ from common.logs import request_context
 from common.protocol import Message, MessageKind, now_ms
 from common.settings import Settings
 from worker import cpus
-from worker.engines.base import Engine, free_memory
+from worker.engines.base import Engine, free_memory, pick_device
 from worker.handlers.base import Handler
 from worker.microbatch import Item, MicroBatchQueue, Pending, batch_size
 from worker.models import ModelManager
@@ -55,11 +55,15 @@ class BatchedHandler(Handler):
         self.oom_failures = 0
         self.dropped = 0  # jobs whose caller left before they were answered
         self.last_drop_latency_ms = -1  # caller gone (the API's cancel mark) -> its sequences dropped
-        # Every batch computes on this one thread. torch's OpenMP gives each thread that computes its own team of
-        # threads: batches handed to whichever pool thread was free kept two teams (four threads on two cores).
-        # One thread, against the pool in 4 alternating rounds of bench/embeddings.py's texts on the 2-core
-        # machine: 1.02x (one request), 1.11x (32 inputs x 8 in flight), 1.01x (1 input x 32), none under 0.96x.
-        self._compute_thread = ThreadPoolExecutor(1, f"{self.model_type}-compute", cpus.compute_anywhere)
+        # Batches compute in lanes (worker/cpus.py): one thread each, so that torch's OpenMP keeps one team of
+        # threads per lane (batches handed to whichever pool thread was free kept a team on each: four threads on
+        # two cores). Each lane runs one batch at a time; on a CPU two lanes share the cores. Made with the first batch
+        # (the device is known once torch is imported).
+        self._free_lanes: list[ThreadPoolExecutor] | None = None
+        self._lanes = 1
+        self._on_cpu = True
+        self._batches: set[asyncio.Task[None]] = set()  # running, one per busy lane
+        self._crashed: BaseException | None = None  # a batch's unexpected error, raised by `run` (the worker exits)
 
     @abstractmethod
     async def prepare(self, delivery: Delivery) -> Pending:
@@ -91,17 +95,22 @@ class BatchedHandler(Handler):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), POLL_S)
             self._work.clear()
+            if self._crashed is not None:
+                raise self._crashed
             try:
                 if self._awaiting:
                     await self._drop_gone()
-                while len(self.queue):
-                    await self.serve_batch()
-                    self.room.set()
-            except (RedisError, OSError) as exc:  # Redis away mid-round: keep the worker alive
-                log.warning("round failed (%s); its jobs stay pending in Redis and are read again", exc)
-                self._forget_unanswered()
-                await asyncio.sleep(0.5)
-                self.room.set()
+                while len(self.queue) and (self._free_lanes is None or self._free_lanes):
+                    await self.start_batch()
+            except (RedisError, OSError) as exc:
+                await self._outage(exc)
+
+    async def _outage(self, exc: Exception) -> None:
+        """Redis away mid-round: keep the worker alive."""
+        log.warning("round failed (%s); its jobs stay pending in Redis and are read again", exc)
+        self._forget_unanswered()
+        await asyncio.sleep(0.5)
+        self.room.set()
 
     def _forget_unanswered(self) -> None:
         """Drop every admitted, unanswered job from memory; the reader walks our pending entries again."""
@@ -153,9 +162,9 @@ class BatchedHandler(Handler):
         self.scheduler.release(job_id)
         return self._deliveries.pop(job_id, None)
 
-    async def serve_batch(self) -> None:
-        """One micro-batch: whoever's turn it is (see worker/microbatch.py), after dropping the jobs whose caller
-        has gone or whose deadline passed."""
+    async def start_batch(self) -> None:
+        """Start one micro-batch on a free lane: whoever's turn it is (see worker/microbatch.py), after dropping the
+        jobs whose caller has gone or whose deadline passed."""
         now = time.monotonic()
         if now - self._last_drop >= DROP_POLL_S:
             self._last_drop = now
@@ -163,17 +172,41 @@ class BatchedHandler(Handler):
         picked = self.queue.next_batch()
         if picked is None:
             return
-        model, batch = picked
-        engine = self.scheduler.engines.get(model)
-        if engine is None:  # cannot happen: a model with granted jobs is never evicted
-            await self._fail({it.pending for it in batch}, EngineFailure(f"model '{model}' is not loaded"))
-            return
-        started = time.perf_counter()
-        await self._run_batch(engine, batch)
-        if any(it.pending.slow for it in batch):
-            await asyncio.sleep(SLOW_S)
-            return  # not a measure of the engine's speed
-        self._pace(model, batch_size(batch, model in self.queue.packed), time.perf_counter() - started)
+        if self._free_lanes is None:
+            self._on_cpu = pick_device(self.settings) == "cpu"
+            self._lanes = cpus.compute_lanes("cpu" if self._on_cpu else "gpu", self.settings.cpu_compute_lanes)
+            self._free_lanes = [ThreadPoolExecutor(1, f"{self.model_type}-compute-{i}", cpus.compute_anywhere)
+                                for i in range(self._lanes)]
+        lane = self._free_lanes.pop()
+        task = asyncio.create_task(self._serve_batch(lane, *picked))
+        self._batches.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._crashed = task.exception()
+            self._work.set()
+
+    async def _serve_batch(self, lane: ThreadPoolExecutor, model: str, batch: list[Item]) -> None:
+        try:
+            engine = self.scheduler.engines.get(model)
+            if engine is None:  # cannot happen: a model with granted jobs is never evicted
+                await self._fail({it.pending for it in batch}, EngineFailure(f"model '{model}' is not loaded"))
+                return
+            started = time.perf_counter()
+            await self._run_batch(lane, engine, batch)
+            if any(it.pending.slow for it in batch):
+                await asyncio.sleep(SLOW_S)
+                return  # not a measure of the engine's speed
+            self._pace(model, batch_size(batch, model in self.queue.packed), time.perf_counter() - started)
+        except (RedisError, OSError) as exc:
+            await self._outage(exc)
+        finally:
+            assert self._free_lanes is not None
+            self._free_lanes.append(lane)
+            self.room.set()
+            self._work.set()
 
     def _pace(self, model: str, padded_tokens: int, seconds: float) -> None:
         """Size the model's next micro-batches from this one's measure (worker/pacing.py)."""
@@ -182,13 +215,14 @@ class BatchedHandler(Handler):
         if paced is not None:
             self.queue.paced_tokens[model] = paced
 
-    async def _run_batch(self, engine: Engine, batch: list[Item]) -> None:
+    async def _run_batch(self, lane: ThreadPoolExecutor, engine: Engine, batch: list[Item]) -> None:
         live = [it for it in batch if it.pending.job.id in self._deliveries]
         if not live:
             return
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._compute_thread, self._compute, engine,
-                                                                       live)
+            assert self._free_lanes is not None
+            threads = cpus.lane_threads(self._lanes, self._lanes - len(self._free_lanes) - 1) if self._on_cpu else None
+            results = await asyncio.get_running_loop().run_in_executor(lane, self._compute, engine, live, threads)
         except Exception as exc:  # engine failure: answer, don't crash; out of memory: retry in halves
             oom = _out_of_memory(exc)
             if oom:
@@ -197,8 +231,8 @@ class BatchedHandler(Handler):
                 self.oom_splits += 1
                 log.warning("%s batch of %d sequences ran out of memory; retrying it in halves", self.model_type,
                             len(live))
-                await self._run_batch(engine, live[: len(live) // 2])
-                await self._run_batch(engine, live[len(live) // 2:])
+                await self._run_batch(lane, engine, live[: len(live) // 2])
+                await self._run_batch(lane, engine, live[len(live) // 2:])
                 return
             self.oom_failures += oom
             log.exception("%s batch failed (requests %s)", self.model_type,
@@ -211,7 +245,9 @@ class BatchedHandler(Handler):
         done = [it.pending for it, result in zip(live, results, strict=True) if it.pending.fill(it.index, result)]
         await asyncio.gather(*(self._finish(p) for p in done))  # their answers share one Redis round trip
 
-    def _compute(self, engine: Engine, items: list[Item]) -> list[Any]:
+    def _compute(self, engine: Engine, items: list[Item], threads: int | None) -> list[Any]:
+        if threads is not None:
+            cpus.set_compute_threads(threads)
         limit = self.settings.debug_oom_tokens  # fault injection for the out-of-memory drill
         if limit and max(len(it.seq) for it in items) * len(items) > limit:
             import torch
