@@ -105,27 +105,3 @@ def test_lanes_and_their_threads() -> None:
     assert cpus.compute_lanes("cpu", 1000) == cores
     assert cpus.lane_threads(2, busy=0) == cores
     assert cpus.lane_threads(2, busy=1) == max(1, cores // 2)
-
-
-def test_a_thread_that_computes_first_after_a_lane_adopts_its_count_unless_it_sets_its_own() -> None:
-    """Why every engine that computes on a shared thread (transformers chat on the pool) sets its own count."""
-    cores = len(cpus.GIVEN)
-
-    def first_op(threads: int | None) -> int:
-        if threads is not None:
-            cpus.set_compute_threads(threads)
-        return int(torch.get_num_threads())
-
-    def on_new_thread(threads: int | None) -> int:
-        out: list[int] = []
-        thread = threading.Thread(target=lambda: out.append(first_op(threads)))
-        thread.start()
-        thread.join()
-        return out[0]
-
-    try:
-        assert on_new_thread(1) == 1  # a lane next to another
-        assert on_new_thread(None) == 1  # adopted
-        assert on_new_thread(cores) == cores
-    finally:
-        on_new_thread(cores)

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from common.errors import InvalidRequest
-from worker import cpus
 from worker.engines.base import ParksModule, from_pretrained, hf_import, pick_device
 from worker.engines.chat_base import ChatEngine, Delta, GenerationParams
 
@@ -116,8 +115,6 @@ class TransformersChatEngine(ParksModule, ChatEngine):
                           min_p=params.min_p or None)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        if self.device == "cpu":  # a pool thread's first op would adopt the count a lane or vLLM set last (cpus.py)
-            cpus.set_compute_threads(len(cpus.GIVEN))
         ids = torch.tensor([prompt], device=self.device)
         with torch.inference_mode():
             self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
