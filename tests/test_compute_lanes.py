@@ -105,3 +105,9 @@ def test_lanes_and_their_threads() -> None:
     assert cpus.compute_lanes("cpu", 1000) == cores
     assert cpus.lane_threads(2, busy=0) == cores
     assert cpus.lane_threads(2, busy=1) == max(1, cores // 2)
+
+
+def test_by_default_one_lane_on_a_cpu_too() -> None:
+    handler = Probe(Settings(device="cpu"), side_by_side=1)
+    assert [m.kind for m in asyncio.run(serve(handler, 2))] == ["result"] * 2
+    assert len({lane for _, lane in handler.seen}) == 1

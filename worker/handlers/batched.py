@@ -57,7 +57,7 @@ class BatchedHandler(Handler):
         self.last_drop_latency_ms = -1  # caller gone (the API's cancel mark) -> its sequences dropped
         # Batches compute in lanes (worker/cpus.py): one thread each, so that torch's OpenMP keeps one team of
         # threads per lane (batches handed to whichever pool thread was free kept a team on each: four threads on
-        # two cores). Each lane runs one batch at a time; on a CPU two lanes share the cores. Made with the first batch
+        # two cores). Each lane runs one batch at a time; on a CPU lanes share the cores. Made with the first batch
         # (the device is known once torch is imported).
         self._free_lanes: list[ThreadPoolExecutor] | None = None
         self._lanes = 1
@@ -221,7 +221,8 @@ class BatchedHandler(Handler):
             return
         try:
             assert self._free_lanes is not None
-            threads = cpus.lane_threads(self._lanes, self._lanes - len(self._free_lanes) - 1) if self._on_cpu else None
+            side_by_side = self._on_cpu and self._lanes > 1  # one lane: torch's threads as they are
+            threads = cpus.lane_threads(self._lanes, self._lanes - len(self._free_lanes) - 1) if side_by_side else None
             results = await asyncio.get_running_loop().run_in_executor(lane, self._compute, engine, live, threads)
         except Exception as exc:  # engine failure: answer, don't crash; out of memory: retry in halves
             oom = _out_of_memory(exc)
