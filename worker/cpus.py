@@ -62,7 +62,6 @@ def _main_thread() -> int:
     return threading.main_thread().native_id or os.getpid()
 
 
-
 def compute_lanes(device: str, lanes: int) -> int:
     """How many batches compute at once on `device`: on a GPU one (its kernels queue on one device anyway), on a
     CPU `lanes`, at most one per core."""

@@ -61,7 +61,6 @@ class BatchedHandler(Handler):
         # (the device is known once torch is imported).
         self._free_lanes: list[ThreadPoolExecutor] | None = None
         self._lanes = 1
-        self._on_cpu = True
         self._batches: set[asyncio.Task[None]] = set()  # running, one per busy lane
         self._crashed: BaseException | None = None  # a batch's unexpected error, raised by `run` (the worker exits)
 
@@ -173,8 +172,7 @@ class BatchedHandler(Handler):
         if picked is None:
             return
         if self._free_lanes is None:
-            self._on_cpu = pick_device(self.settings) == "cpu"
-            self._lanes = cpus.compute_lanes("cpu" if self._on_cpu else "gpu", self.settings.cpu_compute_lanes)
+            self._lanes = cpus.compute_lanes(pick_device(self.settings), self.settings.cpu_compute_lanes)
             self._free_lanes = [ThreadPoolExecutor(1, f"{self.model_type}-compute-{i}", cpus.compute_anywhere)
                                 for i in range(self._lanes)]
         lane = self._free_lanes.pop()
@@ -221,8 +219,9 @@ class BatchedHandler(Handler):
             return
         try:
             assert self._free_lanes is not None
-            side_by_side = self._on_cpu and self._lanes > 1  # one lane: torch's threads as they are
-            threads = cpus.lane_threads(self._lanes, self._lanes - len(self._free_lanes) - 1) if side_by_side else None
+            # Several lanes only on a CPU; one lane leaves torch's threads as they are.
+            busy = self._lanes - len(self._free_lanes) - 1  # the other lanes computing now
+            threads = cpus.lane_threads(self._lanes, busy) if self._lanes > 1 else None
             results = await asyncio.get_running_loop().run_in_executor(lane, self._compute, engine, live, threads)
         except Exception as exc:  # engine failure: answer, don't crash; out of memory: retry in halves
             oom = _out_of_memory(exc)
