@@ -21,23 +21,31 @@ from common.errors import CallerGone, ServiceError, Unavailable
 from common.protocol import Job, Message, MessageKind, ModelType
 
 T = TypeVar("T")
-DISCONNECT_POLL_S = 0.25
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`; cancel it (and so its job) and raise CallerGone if the caller disconnects first."""
+    """Run `work`; cancel it (and so its job) and raise CallerGone if the caller disconnects first.
+
+    The disconnect is awaited as the server hands it over (`http.disconnect` from `receive`), not polled with
+    Starlette's `is_disconnected`: that one reads `receive` inside an already-cancelled scope, and under load
+    it missed a disconnect for good (a poll that never returned; the job ran on for its whole answer)."""
     task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise CallerGone("the caller disconnected; the job was cancelled")
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise CallerGone("the caller disconnected; the job was cancelled")
     finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, gone):
+            pending.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the caller has gone (the request's body has been read already: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def count_usage(request: Request, usage: dict[str, Any]) -> None:
