@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(2048, ge=1)
 
     cpu_compute_lanes: int = Field(
-        1, ge=1, description="On a CPU, embedding and rerank batches computed at once, the cores shared among them.")
+        2, ge=1, description="On a CPU, embedding and rerank batches computed at once, the cores shared among them.")
     packed_batches: bool | None = Field(
         None, description="Padding-free batches (each model checked at load); unset: embeddings on a CPU only.")
 

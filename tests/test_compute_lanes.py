@@ -107,7 +107,14 @@ def test_lanes_and_their_threads() -> None:
     assert cpus.lane_threads(2, busy=1) == max(1, cores // 2)
 
 
-def test_by_default_one_lane_on_a_cpu_too() -> None:
-    handler = Probe(Settings(device="cpu"), side_by_side=1)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_by_default_two_lanes_on_a_cpu() -> None:
+    handler = Probe(Settings(device="cpu"), side_by_side=2)
+    assert [m.kind for m in asyncio.run(serve(handler, 2))] == ["result"] * 2
+    assert len({lane for _, lane in handler.seen}) == 2
+
+
+def test_one_lane_on_a_cpu_when_configured() -> None:
+    handler = Probe(Settings(device="cpu", cpu_compute_lanes=1), side_by_side=1)
     assert [m.kind for m in asyncio.run(serve(handler, 2))] == ["result"] * 2
     assert len({lane for _, lane in handler.seen}) == 1
