@@ -4,6 +4,11 @@ redis-py's asyncio connections pack every command in Python (hiredis only parses
 streams that was the largest share of the worker's event loop (one reply call per engine step with a few
 hundred arguments: 0.35 ms in Python, 0.1 ms in hiredis). Anything hiredis cannot pack (None, booleans: redis-py
 refuses them with its own error) goes through redis-py's packer.
+
+Before each command the pool checks that the connection it hands out holds no unread data (a reply left behind
+would answer the wrong command). redis-py looks with a socket read under a zero timeout: a task that suspends and
+is cancelled, an extra event-loop turn per command. Here it looks at what asyncio has already received, which is
+all that read could see: 90 against 55 us of client CPU per GET on the 2-core machine (uvloop, 32 tasks).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 class _HiredisPacking(AbstractConnection):
@@ -26,6 +33,18 @@ class _HiredisPacking(AbstractConnection):
             return [hiredis.pack_command(args)]
         except TypeError:
             return super().pack_command(*args)
+
+    async def can_read_destructive(self) -> bool:
+        """Data waiting on a connection about to be handed out (True: the pool reconnects it); see the module doc."""
+        parser = self._parser
+        stream, reader = getattr(parser, "_stream", None), getattr(parser, "_reader", None)
+        if not isinstance(parser, _AsyncHiredisParser) or stream is None or reader is None:
+            return bool(await super().can_read_destructive())  # type: ignore[no-untyped-call]
+        if not parser._connected:
+            raise RedisConnectionError("the connection is closed")
+        if reader.gets() is not NOT_ENOUGH_DATA:
+            return True
+        return bool(stream._buffer) or stream.at_eof()
 
 
 class _Tcp(_HiredisPacking, Connection):
