@@ -1,11 +1,14 @@
-"""Which chat jobs the worker renders on its event loop (short plain prompts) and which on a thread (long
-prompts, tools, response schemas: rendering or compiling them could hold the loop for milliseconds)."""
+"""Which admission work the worker does on its event loop (short chat prompts, short texts to embed or rerank) and
+which on a thread (long inputs, tools, response schemas: they could hold the loop for milliseconds)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
-from worker.handlers.chat import INLINE_TEXT, cheap_to_render
+from worker.handlers.base import INLINE_TEXT, admission_work, small_text
+from worker.handlers.chat import cheap_to_render
 
 
 def job(content: Any = "Tell me a story.", **extra: Any) -> dict[str, Any]:
@@ -21,3 +24,20 @@ def test_short_plain_prompts_render_on_the_loop_and_the_rest_on_a_thread() -> No
     assert cheap_to_render({"prompts": [{"prompt": list(range(100))}], "params": {}})
     assert not cheap_to_render(job(chat={"tools": [{"type": "function", "function": {"name": "f"}}]}))
     assert not cheap_to_render(job(params={"json": {"schema": {"type": "object"}}}))
+
+
+def test_short_texts_to_embed_or_rerank_are_small() -> None:
+    assert small_text(["a query", "a sentence to embed"])
+    assert small_text([[1, 2, 3]] * 10)  # token ids count one each
+    assert not small_text(["x" * 1000, "y" * 1001])
+    assert not small_text([list(range(INLINE_TEXT + 1))])
+    assert not small_text(["query", ["a document"] * 300, None])
+
+
+def test_small_work_runs_on_the_loop_and_the_rest_on_a_thread() -> None:
+    async def threads() -> tuple[int, int]:
+        return await admission_work(True, threading.get_ident), await admission_work(False, threading.get_ident)
+
+    on_loop, on_thread = asyncio.run(threads())
+    assert on_loop == threading.get_ident()
+    assert on_thread != threading.get_ident()

@@ -132,6 +132,7 @@ class Worker:
                 continue
             for delivery in deliveries:
                 await self._admit(delivery)
+                await asyncio.sleep(0)  # small jobs are admitted on the loop: let finished batches start the next
 
     async def _admit(self, delivery: Delivery) -> None:
         crash_on = self.settings.debug_crash_on

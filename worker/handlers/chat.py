@@ -22,7 +22,7 @@ from common.protocol import Message, MessageKind, ModelType, now_ms
 from common.settings import Settings
 from worker.engines.chat_base import ChatEngine, ChatInputs, Delta, GenerationParams, check_schemas
 from worker.engines.chat_output import OutputPlan, plan_output
-from worker.handlers.base import Handler
+from worker.handlers.base import Handler, admission_work, small_text
 from worker.models import ModelManager
 from worker.scheduler import Scheduler
 from worker.transport import Delivery, WorkerTransport
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 SLOW_S = 0.02  # LLM_DEBUG_SLOW_ON: a job's deltas this far apart, so a test can leave mid-answer
 MAX_RUNNING_JOBS = 256
-# A job with at most this much prompt text (characters), no tools and no schema is rendered on the event loop
-# (at most about 0.6 ms on the 2-core machine), the rest on a thread: under load a thread's round trip took
-# 1-5 ms (the thread contends for the GIL with the engine thread) for about 0.1 ms of work.
-INLINE_TEXT = 2000
 
 
 @dataclass(frozen=True)
@@ -91,9 +87,7 @@ class ChatHandler(Handler):
             await self.transport.ack(delivery.stream, delivery.entry_id)
             return None
         prep: ChatInputs = await self.models.inputs(job.model, self.model_type)
-        if cheap_to_render(job.payload):
-            return self._sequences(prep, job.payload)
-        return await asyncio.to_thread(self._sequences, prep, job.payload)
+        return await admission_work(cheap_to_render(job.payload), self._sequences, prep, job.payload)
 
     def _done(self, request_id: str) -> None:
         self._tasks.pop(request_id, None)
@@ -241,16 +235,7 @@ class ChatHandler(Handler):
 
 
 def cheap_to_render(payload: dict[str, Any]) -> bool:
-    """Short prompts (`INLINE_TEXT`), with no tools and no response schema to compile."""
+    """Short prompts (`small_text`), with no tools and no response schema to compile."""
     if (payload.get("chat") or {}).get("tools") or (payload.get("params") or {}).get("json"):
         return False
-    size, pending = 0, [payload.get("prompts")]
-    while pending and size <= INLINE_TEXT:  # strings count their characters, anything else (a token id) one
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending += item.values()
-        elif isinstance(item, list):
-            pending += item
-        else:
-            size += len(item) if isinstance(item, str) else 1
-    return size <= INLINE_TEXT
+    return small_text(payload.get("prompts"))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import Engine
 from worker.engines.embedding import EmbeddingEngine, shape_vector
+from worker.handlers.base import admission_work, small_text
 from worker.handlers.batched import BatchedHandler, batch_tokens
 from worker.microbatch import Item, MicroBatchQueue, Pending
 from worker.models import ModelManager
@@ -30,7 +30,8 @@ class EmbeddingHandler(BatchedHandler):
         job = delivery.job
         prep = await self.models.inputs(job.model, self.model_type)
         prep.check_dimensions(job.payload.get("dimensions"))
-        seqs = await asyncio.to_thread(prep.tokenize, job.payload["input"])
+        inputs = job.payload["input"]
+        seqs = await admission_work(small_text(inputs), prep.tokenize, inputs)
         return Pending(job, delivery.entry_id, seqs)
 
     def compute(self, engine: Engine, items: list[Item]) -> list[Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +9,7 @@ from common.protocol import ModelType
 from common.settings import Settings
 from worker.engines.base import Engine
 from worker.engines.rerank import RerankEngine, RerankInputs
+from worker.handlers.base import admission_work, small_text
 from worker.handlers.batched import BatchedHandler, batch_tokens
 from worker.microbatch import Item, MicroBatchQueue, Pending
 from worker.models import ModelManager
@@ -37,8 +37,9 @@ class RerankHandler(BatchedHandler):
         job = delivery.job
         prep: RerankInputs = await self.models.inputs(job.model, self.model_type)
         payload = job.payload
-        encoded = await asyncio.to_thread(
-            prep.encode, payload["query"], payload["documents"], instruction=payload.get("instruction"),
+        small = small_text([payload["query"], payload["documents"], payload.get("instruction")])
+        encoded = await admission_work(
+            small, prep.encode, payload["query"], payload["documents"], instruction=payload.get("instruction"),
             truncate=payload.get("truncate", True), max_tokens_per_doc=payload.get("max_tokens_per_doc"))
         return RerankPending(job, delivery.entry_id, encoded.seqs, splits=encoded.splits)
 
