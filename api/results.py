@@ -3,7 +3,8 @@
 Each request opens a subscription (an asyncio queue) before its job is enqueued. The loop XREADs
 all open result streams plus this process's wake stream; enqueueing a job also appends to the wake
 stream, so a blocked read returns at once and the next read includes the new result stream.
-Streams keep their entries, so a message written before the loop reads it is never lost.
+Streams keep their entries, so a message written before the loop reads it is never lost. A stream read to its
+terminal message is deleted in the same round trip as the loop's next read.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ResultRouter:
         self._queues: dict[str, asyncio.Queue[Message]] = {}
         self._last: dict[str, str] = {}
         self._wake_last = "$"
+        self._finished: list[str] = []  # result streams read to their terminal message, to delete
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
 
@@ -69,7 +71,14 @@ class ResultRouter:
 
     async def _read_once(self) -> None:
         streams: dict[Any, Any] = {self.wake_key: self._wake_last, **self._last}
-        reply = await self.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+        if self._finished:  # the streams answered in full last time, deleted in the same round trip as this read
+            answered, self._finished = self._finished, []  # on an error their expiry deletes them
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.unlink(*answered)
+            pipe.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+            reply = (await pipe.execute())[1]
+        else:
+            reply = await self.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)
         finished: list[str] = []
         for raw_stream, entries in reply or []:
             stream = raw_stream.decode()
@@ -81,10 +90,9 @@ class ResultRouter:
             self._last[stream] = entries[-1][0].decode()
             if self._deliver(stream, entries):
                 finished.append(stream)
-        if finished:
-            for stream in finished:
-                self._last.pop(stream, None)
-            await self.redis.unlink(*finished)
+        for stream in finished:
+            self._last.pop(stream, None)
+        self._finished = finished
 
     def _deliver(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
         """Hand messages to the stream's subscriber; True once it got a terminal one."""

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 import tiktoken
 from openai import AsyncOpenAI, OpenAI
 from sentence_transformers import SentenceTransformer
 
-from tests.stack import Stack
+from common import keys
+from tests.stack import Stack, wait_until
 
 MINILM = "all-minilm-l6-v2"
 QWEN_EMB = "tiny-qwen3-embedding"
@@ -107,3 +109,18 @@ def test_200_concurrent_requests_each_get_their_own_vectors(
     sims = cosine(got[:, None, :], reference[None, :, :])  # every answer against every reference
     assert np.all(np.argmax(sims, axis=1) == np.arange(200))
     assert np.all(np.diag(sims) >= 0.9999)
+
+
+def test_answered_result_streams_are_deleted(client: OpenAI, stack: Stack) -> None:
+    """The API deletes a request's result stream once it has read the answer (with its next read of Redis)."""
+    db = redis.Redis.from_url(stack.redis_url)
+    try:
+        def result_streams() -> int:
+            return sum(1 for _ in db.scan_iter(match=keys.RESULT_STREAM_PREFIX + "*", count=1000))
+
+        before = result_streams()
+        for i in range(5):
+            client.embeddings.create(model=MINILM, input=f"text number {i}")
+        wait_until(lambda: result_streams() <= before, 10, "answered result streams deleted")
+    finally:
+        db.close()
