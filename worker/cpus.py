@@ -8,7 +8,7 @@ a virtual machine an exit to the host): pinning both to one CPU streamed 1.3-2.4
 (embedding and rerank batches, transformers chat, vLLM's engine processes started from a thread) must not
 inherit that pin, so the worker's thread pool and such threads start with `compute_anywhere`.
 
-Embedding and rerank batches on a CPU compute in lanes (`compute_lanes`): threads that each run one batch with
+Embedding and rerank batches on a CPU compute in lanes (`Lanes`, `compute_lanes`): threads that each run one batch with
 their share of the cores as torch threads, the batches side by side (a batch alone gets every core). A batch
 computed by one team of threads over every core waits, at each of its ops, for the slowest thread: when the API,
 Redis or the client preempts one, the whole team stalls. In-process, all-MiniLM-L6-v2 on the 2-core machine with
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 GIVEN = frozenset(os.sched_getaffinity(0))  # the CPUs this worker was given, read when it starts
 _SHARED: set[int] = set()  # the engine threads that pinned themselves with the event loop (native ids)
@@ -73,6 +74,39 @@ def lane_threads(lanes: int, busy: int) -> int:
     alone (a lone request keeps its latency: one thread took 1.2-1.3x as long for one text on 2 cores), else its
     lane's share of them."""
     return len(GIVEN) if busy == 0 else max(1, len(GIVEN) // lanes)
+
+
+class Lanes:
+    """The threads that compute one model type's batches, each one batch at a time: `compute_lanes` of them, made
+    at the first `take` (the device is known by then: torch is imported)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 1
+        self._free: list[ThreadPoolExecutor] | None = None
+
+    def free(self) -> bool:
+        """Whether a batch could start now (before the first one: yes)."""
+        return self._free is None or bool(self._free)
+
+    def take(self, device: str, configured: int) -> ThreadPoolExecutor:
+        """A free lane (check `free` first)."""
+        if self._free is None:
+            self.count = compute_lanes(device, configured)
+            self._free = [ThreadPoolExecutor(1, f"{self.name}-compute-{i}", compute_anywhere)
+                          for i in range(self.count)]
+        return self._free.pop()
+
+    def give_back(self, lane: ThreadPoolExecutor) -> None:
+        assert self._free is not None
+        self._free.append(lane)
+
+    def threads(self) -> int | None:
+        """torch threads for a batch starting on a lane taken now (`lane_threads`); None with one lane: torch's
+        threads as they are."""
+        if self.count == 1 or self._free is None:
+            return None
+        return lane_threads(self.count, busy=self.count - len(self._free) - 1)
 
 
 def set_compute_threads(threads: int) -> None:

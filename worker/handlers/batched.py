@@ -57,10 +57,8 @@ class BatchedHandler(Handler):
         self.last_drop_latency_ms = -1  # caller gone (the API's cancel mark) -> its sequences dropped
         # Batches compute in lanes (worker/cpus.py): one thread each, so that torch's OpenMP keeps one team of
         # threads per lane (batches handed to whichever pool thread was free kept a team on each: four threads on
-        # two cores). Each lane runs one batch at a time; on a CPU lanes share the cores. Made with the first batch
-        # (the device is known once torch is imported).
-        self._free_lanes: list[ThreadPoolExecutor] | None = None
-        self._lanes = 1
+        # two cores). Each lane runs one batch at a time; on a CPU lanes share the cores.
+        self.lanes = cpus.Lanes(str(self.model_type))
         self._batches: set[asyncio.Task[None]] = set()  # running, one per busy lane
         self._crashed: BaseException | None = None  # a batch's unexpected error, raised by `run` (the worker exits)
 
@@ -99,7 +97,7 @@ class BatchedHandler(Handler):
             try:
                 if self._awaiting:
                     await self._drop_gone()
-                while len(self.queue) and (self._free_lanes is None or self._free_lanes):
+                while len(self.queue) and self.lanes.free():
                     await self.start_batch()
             except (RedisError, OSError) as exc:
                 await self._outage(exc)
@@ -171,11 +169,7 @@ class BatchedHandler(Handler):
         picked = self.queue.next_batch()
         if picked is None:
             return
-        if self._free_lanes is None:
-            self._lanes = cpus.compute_lanes(pick_device(self.settings), self.settings.cpu_compute_lanes)
-            self._free_lanes = [ThreadPoolExecutor(1, f"{self.model_type}-compute-{i}", cpus.compute_anywhere)
-                                for i in range(self._lanes)]
-        lane = self._free_lanes.pop()
+        lane = self.lanes.take(pick_device(self.settings), self.settings.cpu_compute_lanes)
         task = asyncio.create_task(self._serve_batch(lane, *picked))
         self._batches.add(task)
         task.add_done_callback(self._batch_done)
@@ -201,8 +195,7 @@ class BatchedHandler(Handler):
         except (RedisError, OSError) as exc:
             await self._outage(exc)
         finally:
-            assert self._free_lanes is not None
-            self._free_lanes.append(lane)
+            self.lanes.give_back(lane)
             self.room.set()
             self._work.set()
 
@@ -218,10 +211,7 @@ class BatchedHandler(Handler):
         if not live:
             return
         try:
-            assert self._free_lanes is not None
-            # Several lanes only on a CPU; one lane leaves torch's threads as they are.
-            busy = self._lanes - len(self._free_lanes) - 1  # the other lanes computing now
-            threads = cpus.lane_threads(self._lanes, busy) if self._lanes > 1 else None
+            threads = self.lanes.threads()
             results = await asyncio.get_running_loop().run_in_executor(lane, self._compute, engine, live, threads)
         except Exception as exc:  # engine failure: answer, don't crash; out of memory: retry in halves
             oom = _out_of_memory(exc)
