@@ -44,7 +44,7 @@ import aiohttp
 import psutil
 
 from bench.chat_client import CpuMeter, run_streams
-from bench.util import SERVICE_DEFAULTS, machine
+from bench.util import machine, service_defaults
 from tests.model_factory import make_chat_model
 from tests.stack import RedisServer, Stack, free_port, wait_until
 
@@ -84,7 +84,7 @@ def our_server(models: Path, logdir: Path, **env: str) -> Iterator[tuple[str, Ca
     redis = RedisServer(logdir / "redis")
     redis.start()
     stack = Stack(redis.url, models, logdir, env_extra={"LLM_VLLM_KV_CACHE_GB": str(KV_CACHE_BYTES / 2**30),
-                                                        **SERVICE_DEFAULTS, **env})
+                                                        **service_defaults(), **env})
     try:
         stack.start()
         assert stack.api is not None and redis.proc is not None

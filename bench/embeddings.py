@@ -36,7 +36,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.util import SERVICE_DEFAULTS, machine, output_path, plot_path, pyplot, save_figure, write_json
+from bench.util import machine, output_path, plot_path, pyplot, save_figure, service_defaults, write_json
 from tests.model_factory import _WORDS, copy_minilm, make_qwen3_embedding
 from tests.stack import RedisServer, Stack
 
@@ -119,7 +119,7 @@ def measure(plan: Plan, models: Path, workdir: Path, batch_tokens: int | None = 
     tokens = st_tokens(st, texts)
     redis = RedisServer(workdir / "redis")
     redis.start()
-    env = {**SERVICE_DEFAULTS, "LLM_LOG_LEVEL": "WARNING"}
+    env = {**service_defaults(), "LLM_LOG_LEVEL": "WARNING"}
     if batch_tokens:
         env["LLM_EMBEDDING_BATCH_TOKENS"] = str(batch_tokens)
     stack = Stack(redis.url, models, workdir / "logs", env_extra=env)

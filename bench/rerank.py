@@ -27,7 +27,7 @@ import httpx
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.util import SERVICE_DEFAULTS, machine
+from bench.util import machine, service_defaults
 from tests.model_factory import make_bert_cross_encoder
 from tests.stack import RedisServer, Stack
 
@@ -118,7 +118,7 @@ def measure(plan: Plan, folder: Path, workdir: Path) -> dict[str, Any]:
     redis = RedisServer(workdir / "redis")
     redis.start()
     stack = Stack(redis.url, folder.parent, workdir / "logs",
-                  env_extra={**SERVICE_DEFAULTS, "LLM_LOG_LEVEL": "WARNING"})
+                  env_extra={**service_defaults(), "LLM_LOG_LEVEL": "WARNING"})
     stack_s: list[float] = []
     ce_s: list[float] = []
     try:
