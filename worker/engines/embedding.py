@@ -13,7 +13,7 @@ import torch
 from common.errors import InvalidRequest
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.engines import packing
+from worker.engines import norms, packing
 from worker.engines.base import (
     ParksModule,
     compile_layers,
@@ -109,6 +109,7 @@ class EmbeddingEngine(ParksModule):
         # (and attention then runs its fastest kernel); pooling still uses it.
         attention = [m for m in self.model.modules() if hasattr(m, "is_causal")]
         self.causal = bool(attention) and all(bool(m.is_causal) for m in attention)
+        self.fused_norms = norms.fuse(self.model)
         if self.settings.embedding_compile and self.device == "cuda":
             compile_layers(self.model)  # ~2.5x tokens/s on an H100; each model's first batches compile
         self.packed = self._try_packing()
