@@ -4,8 +4,10 @@ A padded batch computes every layer on `longest x count` tokens; a packed one on
 batch can take sequences of any mix of lengths at no padding cost (as TEI does with variable-length
 attention). The row carries each sequence's own positions (0, 1, ... per sequence), and attention runs on
 each sequence's own span: the model's attention goes through transformers' attention interface under the
-name `PACKED`, which runs scaled-dot-product attention per span while `segments` are set (and is plain
-`sdpa` otherwise, so the same model still serves padded batches). A model whose attention or positions do
+name `PACKED`, which while `segments` are set runs one variable-length flash attention call over the whole
+row on a CUDA device in half precision (`torch.ops.aten._flash_attention_forward` with each sequence's
+bounds, what `torch.nn.attention.varlen` wraps), else scaled-dot-product attention per span; without
+`segments` it is plain `sdpa`, so the same model still serves padded batches. A model whose attention or positions do
 not go through those (remote code, say) gives different results; `try_enable` compares the two paths on a
 probe batch at load, and such a model keeps padded batches. Embedding models and rerankers use it.
 """
@@ -25,24 +27,82 @@ from worker.engines.base import hf_import
 log = logging.getLogger(__name__)
 
 PACKED = "llm_packed"
-_segments: contextvars.ContextVar[tuple[int, ...] | None] = contextvars.ContextVar("packed_segments", default=None)
+_segments: contextvars.ContextVar[Segments | None] = contextvars.ContextVar("packed_segments", default=None)
+
+
+class Segments:
+    """The packed row's sequence lengths, and (made at the first attention call, shared by every layer) their
+    cumulative bounds as the flash kernel takes them."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        self.lengths = tuple(lengths)
+        self.longest = max(lengths, default=0)
+        self._bounds: torch.Tensor | None = None
+
+    def bounds(self, device: torch.device) -> torch.Tensor:
+        if self._bounds is None:
+            sizes = torch.tensor((0, *self.lengths), dtype=torch.int32)
+            self._bounds = torch.cumsum(sizes, 0, dtype=torch.int32).to(device, non_blocking=True)
+        return self._bounds
+
+
+def _flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool,
+                  scaling: float | None, row: Segments) -> torch.Tensor:
+    """One flash attention call over every sequence of the row: [1, heads, tokens, dim] in (key and value may
+    have fewer heads: grouped-query attention), [1, tokens, heads, dim] out."""
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [tokens, heads, dim] views
+    if not _Flash.takes_views:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    bounds = row.bounds(query.device)
+    try:
+        out: torch.Tensor = torch.ops.aten._flash_attention_forward(
+            q, k, v, bounds, bounds, row.longest, row.longest, 0.0, causal, False, scale=scaling)[0]
+    except RuntimeError:
+        if not _Flash.takes_views:
+            raise
+        _Flash.takes_views = False  # a kernel build that wants packed rows: copy from now on
+        return _flash_varlen(query, key, value, causal, scaling, row)
+    return out[None]
+
+
+class _Flash:
+    takes_views = True  # the kernel reads strided [tokens, heads, dim] views (the layers' own layout) as they are
+
+
+def _flash_fits(query: torch.Tensor) -> bool:
+    """What the flash kernel takes: a CUDA device of compute capability 8.0 or newer, half precision, head
+    size a multiple of 8 up to 256."""
+    dim = query.shape[-1]
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dim % 8 == 0 and dim <= 256
+            and _ampere_or_newer(query.device.index or 0))
+
+
+_CAPABILITY: dict[int, bool] = {}  # by CUDA device index (a dict, not lru_cache: torch.compile traces this)
+
+
+def _ampere_or_newer(index: int) -> bool:
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index) >= (8, 0)
+    return _CAPABILITY[index]
 
 
 def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs: Any,
                ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: [1, heads, tokens, dim] in, [1, tokens, heads, dim] out."""
-    lengths = _segments.get()
-    if lengths is None:
+    row = _segments.get()
+    if row is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    causal = bool(getattr(module, "is_causal", False))
+    if _flash_fits(query):
+        return _flash_varlen(query, key, value, causal, scaling, row), None
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    causal = bool(getattr(module, "is_causal", False))
     spans, start = [], 0
-    for n in lengths:
+    for n in row.lengths:
         end = start + n
         spans.append(torch.nn.functional.scaled_dot_product_attention(
             query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=causal, scale=scaling))
@@ -89,7 +149,7 @@ def try_enable(model: Any, name: str, wanted: bool | None, device: str, same: Ca
 @contextlib.contextmanager
 def segments(lengths: list[int]) -> Iterator[None]:
     """The packed row's sequence lengths, for the attention calls inside."""
-    token = _segments.set(tuple(lengths))
+    token = _segments.set(Segments(lengths))
     try:
         yield
     finally:
@@ -136,11 +196,13 @@ def pool_packed(hidden: torch.Tensor, lengths: list[int], modes: tuple[str, ...]
         elif mode == "max":
             parts.append(torch.stack([span.max(dim=0).values for span in torch.split(hidden, lengths)]))
         else:
+            # Summed in float32: on CUDA, index_add_ adds each row to the total in the tensor's own precision,
+            # and in bfloat16 a 500-token sum drifted by up to 2e-3 cosine from the padded path's `sum`.
             owner = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), sizes)
-            summed = torch.zeros(len(lengths), hidden.shape[-1], dtype=hidden.dtype,
-                                 device=hidden.device).index_add_(0, owner, hidden)
-            count = sizes.to(hidden.dtype)[:, None]
-            parts.append(summed / (count if mode == "mean" else count.sqrt()))
+            summed = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32,
+                                 device=hidden.device).index_add_(0, owner, hidden.float())
+            count = sizes.to(torch.float32)[:, None]
+            parts.append((summed / (count if mode == "mean" else count.sqrt())).to(hidden.dtype))
     return torch.cat(parts, dim=-1)
 
 
