@@ -12,9 +12,12 @@ shapes on the spot (bench/gpu_models.py) and measures, each against a baseline i
 - chat (Qwen2.5-0.5B shape, transformers engine: vLLM is not assumed): one stream of 128 tokens through
   `TransformersChatEngine.generate` vs `model.generate` on the same weights (tokens/s ratio, TTFT);
 - switching: each model's cold load (`engine.load()`, page cache dropped when permitted) vs restoring a
-  parked CPU copy with `.to('cuda')` (pageable and pinned), and a reload with a warm page cache.
+  parked CPU copy with `.to('cuda')` (pageable and pinned), and a reload with a warm page cache;
+- first, padding-free batches (bench/gpu_packed.py): packed against padded eager batches, with and without
+  the fused RMSNorm, for a decoder embedder, an encoder embedder and a cross-encoder; where the GPU's time
+  goes; compiled layers when the budget allows (`--only-packed`: that section alone, about 5 minutes).
 
-    PYTHONPATH=. python3 -m bench.gpu          # one CUDA device; about 3-5 minutes on an H100
+    PYTHONPATH=. python3 -m bench.gpu          # one CUDA device; about 5-7 minutes on an H200
     python -m bench gpu --smoke                # tiny shapes on the CPU (seconds; CI checks it runs)
 
 Writes JSON to bench/results/gpu.json (gpu-smoke.json with --smoke) and prints a table.
@@ -41,8 +44,9 @@ import numpy as np
 import torch
 
 from bench import gpu_models as gm  # first: it stands in for what is missing (see install_fallbacks)
+from bench.gpu_packed import EAGER_VARIANTS, packed_section
 from bench.gpu_scheduler import scheduler_section
-from bench.gpu_sections import chat_section, rerank_section, switching_section
+from bench.gpu_sections import chat_section, rerank_pairs, rerank_section, switching_section
 from bench.gpu_timing import (
     COMPILE_MIN_LEFT_S,
     FULL,
@@ -174,11 +178,12 @@ def build(plan: Plan, root: Path) -> dict[str, ModelInfo]:
     dtype = getattr(torch, plan.dtype)
     gm.build_embedding(root / "embedding", plan.shapes["embedding"], plan.device, dtype)
     gm.build_reranker(root / "reranker", plan.shapes["reranker"], plan.device, dtype)
+    gm.build_encoder_embedding(root / "encoder", plan.shapes["encoder"], plan.device, dtype)
     gm.build_chat(root / "chat", plan.shapes["chat"], plan.device, dtype)
     return scan_models(root).models
 
 
-def measure(plan: Plan, root: Path, out: Path) -> dict[str, Any]:
+def measure(plan: Plan, root: Path, out: Path, only_packed: bool = False) -> dict[str, Any]:
     """Every section in turn; the JSON is rewritten after each (`complete` false until the end), so a run
     stopped early still leaves what it measured. The compiled run goes last, and only with time left."""
     started = time.perf_counter()
@@ -195,6 +200,17 @@ def measure(plan: Plan, root: Path, out: Path) -> dict[str, Any]:
     infos = build(plan, root)
     settings = gm.make_settings(plan.device)
     record("models", {name: {"path": info.path, "size_bytes": info.size_bytes} for name, info in infos.items()})
+
+    def left_s() -> float:
+        return plan.budget_s - (time.perf_counter() - started)
+
+    packed_settings = gm.make_settings(plan.device, packed_batches=True)
+    record("packed", packed_section(plan, infos, packed_settings, embedding_texts(plan),
+                                    lambda engine: rerank_pairs(plan, engine), left_s))
+    if only_packed:
+        result["complete"] = True
+        record("total", round(time.perf_counter() - started, 1))
+        return result
     embedding, compile_run = embedding_section(plan, infos["embedding"], settings)
     record("embedding", embedding)
     record("rerank", rerank_section(plan, infos["reranker"], settings))
@@ -245,11 +261,23 @@ def print_table(result: dict[str, Any]) -> None:
           f"{sc['warm_parking']['parked_answers_equal']}")
 
 
+def print_packed(packed: dict[str, Any]) -> None:
+    print(f"{'padding-free (eager), tokens/s':<40}" + "".join(f"{name:>20}" for name, _, _ in EAGER_VARIANTS))
+    for model, section in packed.items():
+        rows = section["eager"]
+        cells = [str(rows[n].get("tokens_per_s", "error")) if n in rows else "" for n, _, _ in EAGER_VARIANTS]
+        print(f"{'  ' + model:<40}" + "".join(f"{c:>20}" for c in cells))
+        gaps = ", ".join(f"{n} {r['max_cosine_gap_vs_padded']:.1e}" for n, r in rows.items() if "tokens_per_s" in r)
+        print(f"{'':<4}max cosine gap vs padded: {gaps}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
     parser.add_argument("--budget-s", type=float, help="seconds after which optional runs are skipped (420)")
+    parser.add_argument("--only-packed", action="store_true",
+                        help="only the padding-free section (bench/gpu_packed.py)")
     parser.add_argument("--workdir", type=Path, help="where to build the models (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/gpu[-smoke].json)")
     args = parser.parse_args()
@@ -260,8 +288,10 @@ def main() -> int:
         return 2
     out = output_path("gpu", args.smoke, args.out)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as tmp:
-        result = measure(plan, Path(tmp), out)
-    print_table(result)
+        result = measure(plan, Path(tmp), out, args.only_packed)
+    print_packed(result["packed"])
+    if not args.only_packed:
+        print_table(result)
     return 0
 
 

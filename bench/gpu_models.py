@@ -38,7 +38,7 @@ _SETTINGS_DEFAULTS: dict[str, Any] = {
     "load_retry_backoff_s": 30.0, "pinned_model_ids": (), "gpu_memory_utilization": 0.9,
     "available_gpu_memory_gb": None, "enable_gpu_memory_offload": True, "gpu_memory_offload_threshold_gb": 4.0,
     "vllm_kv_cache_gb": None, "vllm_dtype": "auto", "vllm_enforce_eager": None, "vllm_in_process": None,
-    "vllm_handover_after_s": 0.0,
+    "vllm_handover_after_s": 0.0, "embedding_compile": False, "packed_batches": None,
 }
 
 
@@ -70,10 +70,10 @@ def install_fallbacks() -> list[str]:
     return shimmed
 
 
-def make_settings(device: str) -> Any:
+def make_settings(device: str, **overrides: Any) -> Any:
     from common.settings import Settings
 
-    return Settings(device=device)
+    return Settings(device=device, **overrides)
 
 
 def _token_id(tokenizer: Any, token: str) -> int:
@@ -95,6 +95,22 @@ def _init_on(device: str, build: Any, dtype: Any) -> Any:
         return build().to(dtype).eval()
 
 
+def _sentence_transformers_files(folder: Path, dimension: int, pooling: str, max_seq_length: int,
+                                 lowercase: bool) -> None:
+    """Transformer, Pooling (`pooling_mode_<pooling>`) and Normalize modules, as sentence-transformers saves them."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": dimension, f"pooling_mode_{pooling}": True}))
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "2_Normalize" / "config.json").write_text("{}")
+    (folder / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_seq_length, "do_lower_case": lowercase}))
+
+
 def build_embedding(folder: Path, shape: dict[str, Any], device: str, dtype: Any) -> Path:
     """Qwen3ForCausalLM weights (tied head, so only the base model is saved) + sentence-transformers files
     for last-token pooling and normalisation, as Qwen3-Embedding ships them."""
@@ -108,16 +124,7 @@ def build_embedding(folder: Path, shape: dict[str, Any], device: str, dtype: Any
                          bos_token_id=None)
     auto: Any = AutoModelForCausalLM
     _save(_init_on(device, lambda: auto.from_config(config), dtype), folder, dtype)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": shape["hidden_size"], "pooling_mode_lasttoken": True}))
-    (folder / "2_Normalize").mkdir(exist_ok=True)
-    (folder / "2_Normalize" / "config.json").write_text("{}")
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8192, "do_lower_case": False}))
+    _sentence_transformers_files(folder, shape["hidden_size"], "lasttoken", 8192, lowercase=False)
     return folder
 
 
@@ -136,6 +143,20 @@ def build_chat(folder: Path, shape: dict[str, Any], device: str, dtype: Any) -> 
     model = _init_on(device, lambda: auto.from_config(config), dtype)
     model.generation_config = generation(pad_token_id=config.pad_token_id)
     _save(model, folder, dtype)
+    return folder
+
+
+def build_encoder_embedding(folder: Path, shape: dict[str, Any], device: str, dtype: Any) -> Path:
+    """BertModel + sentence-transformers files for mean pooling and normalisation (all-MiniLM-L6-v2's layout)."""
+    from transformers import AutoModel, BertConfig
+
+    from tests.model_factory import _build_bert_tokenizer
+
+    tokenizer = _build_bert_tokenizer(folder)
+    config = BertConfig(**shape, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    auto: Any = AutoModel
+    _save(_init_on(device, lambda: auto.from_config(config), dtype), folder, dtype)
+    _sentence_transformers_files(folder, shape["hidden_size"], "mean_tokens", 512, lowercase=True)
     return folder
 
 

@@ -40,9 +40,9 @@ class Plan:
 
 
 FULL = Plan(device="cuda", dtype="bfloat16", shapes={"embedding": gm.EMBEDDING_SHAPE, "chat": gm.CHAT_SHAPE,
-                                                     "reranker": gm.RERANK_SHAPE})
+                                                     "reranker": gm.RERANK_SHAPE, "encoder": gm.RERANK_SHAPE})
 SMOKE = Plan(device="cpu", dtype="float32", shapes={"embedding": gm.TINY_DECODER, "chat": gm.TINY_DECODER,
-                                                    "reranker": gm.TINY_RERANK},
+                                                    "reranker": gm.TINY_RERANK, "encoder": gm.TINY_RERANK},
              texts=64, lengths=(16, 64), budget_tokens=1024, max_items=256, naive_batch=16, pairs=64,
              rerank_naive_batch=8, chat_prompt=16, chat_tokens=8, repeats=1, compile=False, drop_caches=False)
 

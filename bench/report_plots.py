@@ -196,7 +196,21 @@ def gpu(plt: Any, r: dict[str, Any]) -> Any:
             ("restore pinned copy", "restore_pinned_s"), ("engine.wake", "engine_wake_s"))},
              [BASELINE, OTHER, OURS, "tab:green"])
         times.set(yscale="log", ylabel="s (log)", title="GPU: switch times per model")
+    else:
+        packed_bars(times, r.get("packed") or {})
     return fig
+
+
+def packed_bars(ax: Any, packed: dict[str, Any]) -> None:
+    """bench/gpu_packed.py's eager variants, each model's tokens/s over its padded batches'."""
+    names = ("padded_fused_norms", "packed", "packed_fused_norms")
+    models = {m.replace("_", " "): s["eager"] for m, s in packed.items()
+              if "tokens_per_s" in s["eager"].get("padded", {})}
+    bars(ax, list(models), {n.replace("_", " "): [e[n]["tokens_per_s"] / e["padded"]["tokens_per_s"]
+                                                  if "tokens_per_s" in e.get(n, {}) else 0 for e in models.values()]
+                            for n in names}, [BASELINE, OTHER, OURS])
+    ax.axhline(1.0, color=BASELINE, linestyle="--", linewidth=1)
+    ax.set(ylabel="tokens/s over padded eager batches", title="GPU: padding-free and fused norms (eager)")
 
 
 def gpu_check(plt: Any, r: dict[str, Any]) -> Any:

@@ -240,8 +240,21 @@ def gpu_rows(r: dict[str, Any]) -> Iterator[list[Any]]:
                sc["cold_switch_ms_median"], ratio(sc["warm_over_cold"])]
 
 
+def packed_rows(r: dict[str, Any]) -> Iterator[list[Any]]:
+    """bench/gpu_packed.py: each variant of each model against its padded eager batches."""
+    for model, section in (r.get("packed") or {}).items():
+        runs = {f"eager, {k}": v for k, v in section.get("eager", {}).items()}
+        runs.update({f"compiled, {k}": v for k, v in section.get("compiled", {}).items() if isinstance(v, dict)})
+        base = runs.get("eager, padded", {}).get("tokens_per_s")
+        for name, row in runs.items():
+            if name != "eager, padded" and base and "tokens_per_s" in row:
+                yield [f"{model.replace('_', ' ')} tokens/s, {name.replace('_', ' ')} vs eager padded (max cosine "
+                       f"gap {row['max_cosine_gap_vs_padded']:.1e})", row["tokens_per_s"], base,
+                       ratio(row["tokens_per_s"] / base)]
+
+
 def gpu(r: dict[str, Any]) -> Lines:
-    lines = table(["measure", "ours", "baseline", "ratio"], list(gpu_rows(r)))
+    lines = table(["measure", "ours", "baseline", "ratio"], [*gpu_rows(r), *packed_rows(r)])
     switch = [[name, s["cold_load_s"], s["reload_page_cache_warm_s"], s["restore_pinned_s"], s["engine_wake_s"],
                ratio(s["cold_over_restore_pinned"])] for name, s in r.get("switching", {}).items()]
     if switch:

@@ -1,0 +1,181 @@
+"""The GPU benchmark's padding-free section (see bench/gpu.py): packed against padded batches, in eager mode,
+for a decoder embedder (Qwen3-0.6B shape), an encoder embedder and a cross-encoder (BERT-base shape), on
+the same texts, with and without the fused RMSNorm (worker/engines/norms.py); how far each variant's
+vectors (or scores) are from the padded path's; where the GPU's time goes in the fastest eager variant
+(kernels by kind); the same variant with compiled layers, when time allows.
+
+Every variant runs on one loaded engine (its `packed` flag and norms switched between runs), each on the
+batches the worker would cut for it: by padded size for padded batches, by real tokens for packed ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.gpu_timing import Plan, run_batches, sync
+from common.discovery import ModelInfo
+from worker.engines import norms
+from worker.engines.base import compile_layers
+from worker.engines.embedding import EmbeddingEngine, shape_vector
+from worker.engines.rerank import RerankEngine
+from worker.microbatch import plan_batches
+
+GOAL_PACKED_TOKENS_PER_S = 450_000  # issue 20: eager, Qwen3-0.6B shape
+EAGER_VARIANTS = (("padded", False, False), ("padded_fused_norms", False, True), ("packed", True, False),
+                  ("packed_fused_norms", True, True))
+KINDS = (("gemm", ("gemm", "xmma", "cutlass", "nvjet", "cublas")), ("attention", ("flash", "fmha", "attention")),
+         ("norm", ("rms", "norm")), ("copy", ("copy", "cat", "transpose")),
+         ("elementwise", ("elementwise", "vectorized", "unrolled")), ("reduce", ("reduce",)))
+
+
+def _set(engine: Any, packed: bool, fused: bool) -> None:
+    engine.packed = packed
+    norms.unfuse(engine.fused_norms)
+    engine.fused_norms = norms.fuse(engine.model) if fused else []
+
+
+def _batches(lengths: list[int], plan: Plan, packed: bool) -> list[list[int]]:
+    return plan_batches(lengths, plan.budget_tokens, plan.max_items, packed=packed)
+
+
+def _outputs(compute: Callable[[list[Any]], np.ndarray], items: list[Any], batches: list[list[int]]) -> np.ndarray:
+    rows: list[np.ndarray | None] = [None] * len(items)
+    for batch in batches:
+        for i, row in zip(batch, compute([items[i] for i in batch]), strict=True):
+            rows[i] = row
+    return np.stack(rows)  # type: ignore[arg-type]
+
+
+def _cosine_gap(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
+    return float((1 - cos).max())
+
+
+def _rate(plan: Plan, work: Callable[[Any], Any], batches: list[Any], tokens: int) -> dict[str, Any]:
+    first_s = run_batches(plan.device, work, batches)
+    runs = [run_batches(plan.device, work, batches) for _ in range(plan.repeats)]
+    return {"tokens_per_s": round(tokens / min(runs)), "first_pass_s": round(first_s, 3),
+            "runs_s": [round(x, 3) for x in runs], "batches": len(batches)}
+
+
+def variants(plan: Plan, engine: Any, items: list[Any], lengths: list[int], compute: Callable[[list[Any]], np.ndarray],
+             chosen: tuple[tuple[str, bool, bool], ...]) -> dict[str, Any]:
+    """Each (name, packed, fused norms) variant's rate and its outputs' distance from the first variant's."""
+    tokens, result, reference = sum(lengths), {}, None
+    for name, packed, fused in chosen:
+        try:
+            _set(engine, packed, fused)
+            index = _batches(lengths, plan, packed)
+            batches = [[items[i] for i in b] for b in index]
+            row = _rate(plan, compute, batches, tokens)
+            out = _outputs(compute, items, index)
+            reference = out if reference is None else reference
+            row["max_cosine_gap_vs_padded"] = _cosine_gap(out, reference)
+            row["max_abs_diff_vs_padded"] = float(np.abs(out - reference).max())
+        except Exception as exc:  # a failing variant is a result, not the end of the run
+            row = {"error": f"{type(exc).__name__}: {exc}"[:1500]}
+        result[name] = row
+        print(f"  {name}: {row.get('tokens_per_s', row.get('error'))}", flush=True)
+    return result
+
+
+def kernel_time(plan: Plan, work: Callable[[Any], Any], batches: list[Any]) -> dict[str, Any]:
+    """GPU time by kernel kind, and the top kernels, over `batches` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for batch in batches:
+            work(batch)
+        sync(plan.device)
+    rows = []
+    for event in prof.key_averages():
+        us = float(getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0) or 0)
+        if us > 0:
+            rows.append((event.key, us, int(event.count)))
+    total = sum(us for _, us, _ in rows) or 1.0
+    kinds: dict[str, float] = {}
+    for key, us, _ in rows:
+        kind = next((k for k, marks in KINDS if any(m in key.lower() for m in marks)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us
+    top = sorted(rows, key=lambda r: -r[1])[:14]
+    return {"gpu_ms": round(total / 1000, 1), "share_by_kind": {k: round(v / total, 3) for k, v in
+                                                               sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": k[:100], "ms": round(us / 1000, 2), "calls": n} for k, us, n in top]}
+
+
+def embedder(plan: Plan, info: ModelInfo, settings: Any, seqs: list[list[int]], decoder: bool,
+             left_s: Callable[[], float]) -> dict[str, Any]:
+    engine = EmbeddingEngine(info, settings)
+    engine.load()
+    lengths = [len(s) for s in seqs]
+    result: dict[str, Any] = {"packed_at_load": engine.packed, "fused_norms_at_load": len(engine.fused_norms),
+                              "tokens": sum(lengths), "texts": len(seqs)}
+
+    def work(batch: list[list[int]]) -> np.ndarray:  # what EmbeddingHandler.compute does with a batch
+        vectors = engine.embed(batch)
+        [shape_vector(v, None) for v in vectors]
+        return vectors
+
+    chosen = EAGER_VARIANTS if decoder else (EAGER_VARIANTS[0], EAGER_VARIANTS[2])
+    result["eager"] = variants(plan, engine, seqs, lengths, work, chosen)
+    if plan.device.startswith("cuda"):
+        best = max((v for v in result["eager"].values() if "tokens_per_s" in v), key=lambda v: v["tokens_per_s"],
+                   default=None)
+        result["goal_tokens_per_s"] = GOAL_PACKED_TOKENS_PER_S if decoder else None
+        result["goal_met"] = bool(decoder and best and best["tokens_per_s"] >= GOAL_PACKED_TOKENS_PER_S)
+        _set(engine, True, decoder)
+        index = _batches(lengths, plan, True)
+        result["kernels_packed"] = kernel_time(plan, work, [[seqs[i] for i in b] for b in index[-3:]])
+        if decoder and plan.compile and left_s() > 150:
+            result["compiled"] = compiled(plan, engine, seqs, lengths, work)
+    engine.unload()
+    return result
+
+
+def compiled(plan: Plan, engine: Any, seqs: list[list[int]], lengths: list[int],
+             work: Callable[[Any], np.ndarray]) -> dict[str, Any]:
+    """Compiled layers (LLM_EMBEDDING_COMPILE), padded then packed, both with the fused norms."""
+    try:
+        started = time.perf_counter()
+        if not compile_layers(engine.model):
+            return {"skipped": "no .layers"}
+        row = variants(plan, engine, seqs, lengths, work,
+                       (("padded_fused_norms", False, True), ("packed_fused_norms", True, True)))
+        row["elapsed_s"] = round(time.perf_counter() - started, 1)
+        return row
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:1500]}
+
+
+def cross_encoder(plan: Plan, info: ModelInfo, settings: Any,
+                  make_pairs: Callable[[RerankEngine], list[tuple[list[int], int]]]) -> dict[str, Any]:
+    engine = RerankEngine(info, settings)
+    engine.load()
+    pairs = make_pairs(engine)
+    lengths = [len(ids) for ids, _ in pairs]
+    result: dict[str, Any] = {"packed_at_load": engine.packed, "pairs": len(pairs), "tokens": sum(lengths)}
+    result["eager"] = variants(plan, engine, pairs, lengths, engine.score, (EAGER_VARIANTS[0], EAGER_VARIANTS[2]))
+    for row in result["eager"].values():
+        if "tokens_per_s" in row:
+            row["pairs_per_s"] = round(row["tokens_per_s"] * len(pairs) / sum(lengths))
+    engine.unload()
+    return result
+
+
+def packed_section(plan: Plan, infos: dict[str, ModelInfo], settings: Any, seqs: list[list[int]],
+                   pairs: Callable[[RerankEngine], list[tuple[list[int], int]]],
+                   left_s: Callable[[], float]) -> dict[str, Any]:
+    """Settings with `packed_batches=True`, so that each engine checks and switches on its packed path."""
+    result: dict[str, Any] = {"decoder_embedder": embedder(plan, infos["embedding"], settings, seqs, True, left_s)}
+    if plan.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    encoder_seqs = [[t % plan.shapes["encoder"]["vocab_size"] for t in s][:512] for s in seqs]
+    result["encoder_embedder"] = embedder(plan, infos["encoder"], settings, encoder_seqs, False, left_s)
+    result["cross_encoder"] = cross_encoder(plan, infos["reranker"], settings, pairs)
+    return result
