@@ -204,9 +204,13 @@ def measure(plan: Plan, root: Path, out: Path, only_packed: bool = False) -> dic
     def left_s() -> float:
         return plan.budget_s - (time.perf_counter() - started)
 
+    def save(partial: dict[str, Any]) -> None:
+        result["packed"] = partial
+        write_json(out, result)
+
     packed_settings = gm.make_settings(plan.device, packed_batches=True)
     record("packed", packed_section(plan, infos, packed_settings, embedding_texts(plan),
-                                    lambda engine: rerank_pairs(plan, engine), left_s))
+                                    lambda engine: rerank_pairs(plan, engine), left_s, save))
     if only_packed:
         result["complete"] = True
         record("total", round(time.perf_counter() - started, 1))
