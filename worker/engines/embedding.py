@@ -13,7 +13,7 @@ import torch
 from common.errors import InvalidRequest
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.engines import norms, packing
+from worker.engines import norms, packing, rotary
 from worker.engines.base import (
     ParksModule,
     compile_layers,
@@ -110,6 +110,7 @@ class EmbeddingEngine(ParksModule):
         attention = [m for m in self.model.modules() if hasattr(m, "is_causal")]
         self.causal = bool(attention) and all(bool(m.is_causal) for m in attention)
         self.fused_norms = norms.fuse(self.model)
+        self.fast_rotary = rotary.fuse(self.model)
         if self.settings.embedding_compile and self.device == "cuda":
             compile_layers(self.model)  # ~2.5x tokens/s on an H100; each model's first batches compile
         self.packed = self._try_packing()

@@ -29,7 +29,7 @@ from common.discovery import CAUSAL_LM_SUFFIXES, read_options
 from common.errors import InvalidRequest
 from common.protocol import ModelType
 from common.settings import Settings
-from worker.engines import norms, packing
+from worker.engines import norms, packing, rotary
 from worker.engines.base import (
     ParksModule,
     from_pretrained,
@@ -229,6 +229,7 @@ class RerankEngine(ParksModule):
             self.label = _label_index(self.model.config, self.inputs.options.get("label"))
             self.activation = _activation(self.model.config)
         self.fused_norms = norms.fuse(self.model)
+        self.fast_rotary = rotary.fuse(self.model)
         self.packed = self._try_packing()
 
     @torch.inference_mode()

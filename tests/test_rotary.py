@@ -1,0 +1,46 @@
+"""Rotary embeddings in fewer passes (worker/engines/rotary.py): swapped in a model's modeling module only
+where they give transformers' own results, and the engine's vectors unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.models.qwen3 import modeling_qwen3
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Config, Qwen3RotaryEmbedding
+
+from tests.test_packing import TEXTS, engine_for
+from worker.engines import rotary
+
+OWN = modeling_qwen3.apply_rotary_pos_emb
+
+
+def partial(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1) -> Any:
+    """Rotates only the first half of each head (as partial-rotary models do)."""
+    half = q.shape[-1] // 2
+    rq, rk = OWN(q[..., :half], k[..., :half], cos[..., :half], sin[..., :half], unsqueeze_dim)
+    return torch.cat([rq, q[..., half:]], -1), torch.cat([rk, k[..., half:]], -1)
+
+
+def test_fast_form_is_checked_against_the_models_own() -> None:
+    rope = Qwen3RotaryEmbedding(Qwen3Config(hidden_size=64, num_attention_heads=4, head_dim=16))
+    like = torch.zeros(1)
+    assert rotary.same(OWN, rope, 4, 16, like)
+    assert not rotary.same(partial, rope, 4, 16, like)
+
+
+def test_engine_vectors_with_fast_rotary_equal_its_own(models_dir: Path) -> None:
+    engine = engine_for(models_dir, "tiny-qwen3-embedding")
+    try:
+        assert engine.fast_rotary
+        assert modeling_qwen3.apply_rotary_pos_emb is rotary.apply_rotary_pos_emb
+        seqs = engine.inputs.tokenize(TEXTS)
+        fast = engine.embed(seqs)
+        rotary.unfuse()
+        assert modeling_qwen3.apply_rotary_pos_emb is OWN
+        np.testing.assert_allclose(fast, engine.embed(seqs), atol=1e-5)
+    finally:
+        rotary.fuse(engine.model)
+        engine.unload()
