@@ -14,8 +14,9 @@ shapes on the spot (bench/gpu_models.py) and measures, each against a baseline i
 - switching: each model's cold load (`engine.load()`, page cache dropped when permitted) vs restoring a
   parked CPU copy with `.to('cuda')` (pageable and pinned), and a reload with a warm page cache;
 - first, padding-free batches (bench/gpu_packed.py): packed against padded eager batches, with and without
-  the fused RMSNorm, for a decoder embedder, an encoder embedder and a cross-encoder; where the GPU's time
-  goes; compiled layers when the budget allows (`--only-packed`: that section alone, about 5 minutes).
+  the fused RMSNorm and the fast rotary embedding, for a decoder embedder, an encoder embedder and a
+  cross-encoder; where the GPU's time goes; compiled layers when the budget allows (`--only-packed`: that
+  section alone, about 5 minutes).
 
     PYTHONPATH=. python3 -m bench.gpu          # one CUDA device; about 5-7 minutes on an H200
     python -m bench gpu --smoke                # tiny shapes on the CPU (seconds; CI checks it runs)
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 from bench import gpu_models as gm  # first: it stands in for what is missing (see install_fallbacks)
-from bench.gpu_packed import EAGER_VARIANTS, packed_section
+from bench.gpu_packed import EAGER_VARIANTS, ENCODER_VARIANTS, packed_section
 from bench.gpu_scheduler import scheduler_section
 from bench.gpu_sections import chat_section, rerank_pairs, rerank_section, switching_section
 from bench.gpu_timing import (
@@ -265,11 +266,14 @@ def print_table(result: dict[str, Any]) -> None:
           f"{sc['warm_parking']['parked_answers_equal']}")
 
 
+COLUMNS = (*EAGER_VARIANTS, ENCODER_VARIANTS[1])
+
+
 def print_packed(packed: dict[str, Any]) -> None:
-    print(f"{'padding-free (eager), tokens/s':<40}" + "".join(f"{name:>20}" for name, _, _ in EAGER_VARIANTS))
+    print(f"{'padding-free (eager), tokens/s':<40}" + "".join(f"{v[0]:>20}" for v in COLUMNS))
     for model, section in packed.items():
         rows = section["eager"]
-        cells = [str(rows[n].get("tokens_per_s", "error")) if n in rows else "" for n, _, _ in EAGER_VARIANTS]
+        cells = [str(rows[n].get("tokens_per_s", "error")) if n in rows else "" for n, *_ in COLUMNS]
         print(f"{'  ' + model:<40}" + "".join(f"{c:>20}" for c in cells))
         gaps = ", ".join(f"{n} {r['max_cosine_gap_vs_padded']:.1e}" for n, r in rows.items() if "tokens_per_s" in r)
         print(f"{'':<4}max cosine gap vs padded: {gaps}")

@@ -1,6 +1,7 @@
 """The GPU benchmark's padding-free section (see bench/gpu.py): packed against padded batches, in eager mode,
 for a decoder embedder (Qwen3-0.6B shape), an encoder embedder and a cross-encoder (BERT-base shape), on
-the same texts, with and without the fused RMSNorm (worker/engines/norms.py); how far each variant's
+the same texts, with and without the fused RMSNorm (worker/engines/norms.py) and the fast rotary embedding
+(worker/engines/rotary.py); how far each variant's
 vectors (or scores) are from the padded path's; where the GPU's time goes in the fastest eager variant
 (kernels by kind); the same variant with compiled layers, when time allows.
 
@@ -19,7 +20,7 @@ import torch
 
 from bench.gpu_timing import Plan, run_batches, sync
 from common.discovery import ModelInfo
-from worker.engines import norms
+from worker.engines import norms, rotary
 from worker.engines.base import compile_layers
 from worker.engines.embedding import EmbeddingEngine, shape_vector
 from worker.engines.rerank import RerankEngine
@@ -27,17 +28,22 @@ from worker.microbatch import plan_batches
 
 GOAL_PACKED_TOKENS_PER_S = 450_000  # issue 20: eager, Qwen3-0.6B shape
 COMPILED_MIN_LEFT_S = 260  # compiling and timing both variants took about 200 s on an H200
-EAGER_VARIANTS = (("padded", False, False), ("padded_fused_norms", False, True), ("packed", True, False),
-                  ("packed_fused_norms", True, True))
+# (name, packed, fused norms, fast rotary); the first is the reference of the others' vectors.
+EAGER_VARIANTS = (("padded", False, False, False), ("padded_fused_norms", False, True, False),
+                  ("padded_fused", False, True, True), ("packed_fused", True, True, True))
+ENCODER_VARIANTS = (("padded", False, False, False), ("packed", True, False, False))
 KINDS = (("gemm", ("gemm", "xmma", "cutlass", "nvjet", "cublas")), ("attention", ("flash", "fmha", "attention")),
          ("norm", ("rms", "norm")), ("copy", ("copy", "cat", "transpose")),
          ("elementwise", ("elementwise", "vectorized", "unrolled")), ("reduce", ("reduce",)))
 
 
-def _set(engine: Any, packed: bool, fused: bool) -> None:
+def _set(engine: Any, packed: bool, fused_norms: bool, fast_rotary: bool) -> None:
     engine.packed = packed
     norms.unfuse(engine.fused_norms)
-    engine.fused_norms = norms.fuse(engine.model) if fused else []
+    engine.fused_norms = norms.fuse(engine.model) if fused_norms else []
+    rotary.unfuse()
+    if fast_rotary:
+        rotary.fuse(engine.model)
 
 
 def _batches(lengths: list[int], plan: Plan, packed: bool) -> list[list[int]]:
@@ -66,12 +72,12 @@ def _rate(plan: Plan, work: Callable[[Any], Any], batches: list[Any], tokens: in
 
 
 def variants(plan: Plan, engine: Any, items: list[Any], lengths: list[int], compute: Callable[[list[Any]], np.ndarray],
-             chosen: tuple[tuple[str, bool, bool], ...]) -> dict[str, Any]:
-    """Each (name, packed, fused norms) variant's rate and its outputs' distance from the first variant's."""
+             chosen: tuple[tuple[str, bool, bool, bool], ...]) -> dict[str, Any]:
+    """Each variant's rate (EAGER_VARIANTS) and its outputs' distance from the first variant's."""
     tokens, result, reference = sum(lengths), {}, None
-    for name, packed, fused in chosen:
+    for name, packed, fused_norms, fast_rotary in chosen:
         try:
-            _set(engine, packed, fused)
+            _set(engine, packed, fused_norms, fast_rotary)
             index = _batches(lengths, plan, packed)
             batches = [[items[i] for i in b] for b in index]
             row = _rate(plan, compute, batches, tokens)
@@ -123,14 +129,14 @@ def embedder(plan: Plan, info: ModelInfo, settings: Any, seqs: list[list[int]], 
         [shape_vector(v, None) for v in vectors]
         return vectors
 
-    chosen = EAGER_VARIANTS if decoder else (EAGER_VARIANTS[0], EAGER_VARIANTS[2])
+    chosen = EAGER_VARIANTS if decoder else ENCODER_VARIANTS
     result["eager"] = variants(plan, engine, seqs, lengths, work, chosen)
     if plan.device.startswith("cuda"):
         best = max((v for v in result["eager"].values() if "tokens_per_s" in v), key=lambda v: v["tokens_per_s"],
                    default=None)
         result["goal_tokens_per_s"] = GOAL_PACKED_TOKENS_PER_S if decoder else None
         result["goal_met"] = bool(decoder and best and best["tokens_per_s"] >= GOAL_PACKED_TOKENS_PER_S)
-        _set(engine, True, decoder)
+        _set(engine, True, decoder, decoder)
         index = _batches(lengths, plan, True)
         result["kernels_packed"] = kernel_time(plan, work, [[seqs[i] for i in b] for b in index[-3:]])
         if decoder and plan.compile and left_s() > COMPILED_MIN_LEFT_S:
@@ -141,13 +147,13 @@ def embedder(plan: Plan, info: ModelInfo, settings: Any, seqs: list[list[int]], 
 
 def compiled(plan: Plan, engine: Any, seqs: list[list[int]], lengths: list[int],
              work: Callable[[Any], np.ndarray]) -> dict[str, Any]:
-    """Compiled layers (LLM_EMBEDDING_COMPILE), padded then packed, both with the fused norms."""
+    """Compiled layers (LLM_EMBEDDING_COMPILE), padded then packed, both with the fused norms and rotary."""
     try:
         started = time.perf_counter()
         if not compile_layers(engine.model):
             return {"skipped": "no .layers"}
         row = variants(plan, engine, seqs, lengths, work,
-                       (("padded_fused_norms", False, True), ("packed_fused_norms", True, True)))
+                       EAGER_VARIANTS[2:])
         row["elapsed_s"] = round(time.perf_counter() - started, 1)
         return row
     except Exception as exc:
@@ -161,7 +167,7 @@ def cross_encoder(plan: Plan, info: ModelInfo, settings: Any,
     pairs = make_pairs(engine)
     lengths = [len(ids) for ids, _ in pairs]
     result: dict[str, Any] = {"packed_at_load": engine.packed, "pairs": len(pairs), "tokens": sum(lengths)}
-    result["eager"] = variants(plan, engine, pairs, lengths, engine.score, (EAGER_VARIANTS[0], EAGER_VARIANTS[2]))
+    result["eager"] = variants(plan, engine, pairs, lengths, engine.score, ENCODER_VARIANTS)
     for row in result["eager"].values():
         if "tokens_per_s" in row:
             row["pairs_per_s"] = round(row["tokens_per_s"] * len(pairs) / sum(lengths))

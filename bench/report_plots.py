@@ -203,14 +203,15 @@ def gpu(plt: Any, r: dict[str, Any]) -> Any:
 
 def packed_bars(ax: Any, packed: dict[str, Any]) -> None:
     """bench/gpu_packed.py's eager variants, each model's tokens/s over its padded batches'."""
-    names = ("padded_fused_norms", "packed", "packed_fused_norms")
+    names = ("padded_fused_norms", "padded_fused", "packed_fused", "packed", "packed_fused_norms")
     models = {m.replace("_", " "): s["eager"] for m, s in packed.items()
               if "tokens_per_s" in s["eager"].get("padded", {})}
     bars(ax, list(models), {n.replace("_", " "): [e[n]["tokens_per_s"] / e["padded"]["tokens_per_s"]
                                                   if "tokens_per_s" in e.get(n, {}) else 0 for e in models.values()]
-                            for n in names}, [BASELINE, OTHER, OURS])
+                            for n in names if any(n in e for e in models.values())},
+         [BASELINE, OTHER, OURS, "tab:green", "tab:purple"])
     ax.axhline(1.0, color=BASELINE, linestyle="--", linewidth=1)
-    ax.set(ylabel="tokens/s over padded eager batches", title="GPU: padding-free and fused norms (eager)")
+    ax.set(ylabel="tokens/s over padded eager batches", title="GPU: padding-free, fused norms and rotary (eager)")
 
 
 def gpu_check(plt: Any, r: dict[str, Any]) -> Any:
