@@ -44,3 +44,14 @@ def test_engine_vectors_with_fast_rotary_equal_its_own(models_dir: Path) -> None
     finally:
         rotary.fuse(engine.model)
         engine.unload()
+
+
+def test_fast_form_compiles() -> None:
+    """LLM_EMBEDDING_COMPILE compiles the layers around it: inductor refused its in-place products."""
+    rope = Qwen3RotaryEmbedding(Qwen3Config(hidden_size=64, num_attention_heads=4, head_dim=16))
+    q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
+    with torch.inference_mode():
+        cos, sin = rope(q, torch.arange(5)[None])
+        compiled = torch.compile(rotary.apply_rotary_pos_emb, dynamic=True)(q, k, cos, sin)
+        for got, expected in zip(compiled, OWN(q, k, cos, sin), strict=True):
+            torch.testing.assert_close(got, expected)

@@ -31,7 +31,9 @@ _swapped: dict[str, Callable[..., Any]] = {}  # modeling module name -> its own 
 def _rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    if torch.is_grad_enabled() and x.requires_grad:  # autograd: no writes into views (not the engines' path)
+    # Out of place under autograd (no writes into views) and under torch.compile (which fuses it anyway, and
+    # whose inductor failed on the `out=` products: "mul expected 2 arguments, got 3").
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
         return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
     out = torch.empty_like(x)  # the input's strides (the layers' own layout)
     first, second = out[..., :half], out[..., half:]
