@@ -4,6 +4,7 @@ token) and decoders (last-token pooling, yes/no logits); planned by real tokens.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,33 @@ def test_packed_plan_counts_real_tokens_and_mixes_lengths() -> None:
     assert len(plan_batches(lengths, budget_tokens=300, max_items=8)) == 3  # padded: cut where lengths jump
     assert plan_batches(lengths, budget_tokens=100, max_items=8, packed=True) == [[0, 2, 3], [1]]
     assert plan_batches(lengths, budget_tokens=300, max_items=2, packed=True) == [[0, 2], [3, 1]]
+
+
+def varlen_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds_q: torch.Tensor, bounds_k: torch.Tensor,
+                     max_q: int, max_k: int, dropout: float, causal: bool, debug: bool,
+                     scale: float | None = None) -> tuple[torch.Tensor, None]:
+    """What the CUDA flash kernel computes, on the CPU: [tokens, heads, dim] in and out, each sequence of the row
+    (between consecutive bounds) on its own, grouped-query heads shared."""
+    assert bounds_q.dtype == torch.int32 and torch.equal(bounds_q, bounds_k) and q.stride(-1) == 1
+    cuts, groups = bounds_q.tolist(), q.shape[1] // k.shape[1]
+    assert max_q == max_k == max(b - a for a, b in itertools.pairwise(cuts))
+    out = torch.empty_like(q)
+    for a, b in itertools.pairwise(cuts):
+        qs, ks, vs = (x[a:b].transpose(0, 1) for x in (q, k, v))
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+            qs, ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0), is_causal=causal,
+            scale=scale).transpose(0, 1)
+    return out, None
+
+
+@pytest.mark.parametrize("model", ["all-minilm-l6-v2", "tiny-qwen3-embedding"])
+def test_gpu_packed_path_layout(models_dir: Path, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path's handling of the row (one kernel call: views, bounds, grouped heads, output layout), with
+    the CUDA kernel replaced by a reference of what it computes: the vectors are the padded path's."""
+    engine = engine_for(models_dir, model)
+    monkeypatch.setattr(packing, "_flash_fits", lambda query: True)
+    monkeypatch.setattr(packing._Flash, "kernel", staticmethod(varlen_reference))
+    seqs = engine.inputs.tokenize(TEXTS)
+    packed, padded = both_paths(engine, seqs)
+    np.testing.assert_allclose(packed, padded, atol=2e-5)
+    engine.unload()
