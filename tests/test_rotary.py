@@ -55,3 +55,29 @@ def test_fast_form_compiles() -> None:
         compiled = torch.compile(rotary.apply_rotary_pos_emb, dynamic=True)(q, k, cos, sin)
         for got, expected in zip(compiled, OWN(q, k, cos, sin), strict=True):
             torch.testing.assert_close(got, expected)
+
+
+class OddRotaryEmbedding(torch.nn.Module):
+    """cos and sin whose halves differ: the fast form would rotate wrongly."""
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = torch.rand(1, positions.shape[-1], 16, generator=torch.Generator().manual_seed(1))
+        return angles.cos(), angles.sin()
+
+
+def test_a_model_that_differs_undoes_its_familys_swap(models_dir: Path) -> None:
+    """The swap is per modeling module: a later model of the family whose rotary the fast form does not give
+    must get transformers' own function back (for all of them), not the swap an earlier model made."""
+    engine = engine_for(models_dir, "tiny-qwen3-embedding")
+    try:
+        assert modeling_qwen3.apply_rotary_pos_emb is rotary.apply_rotary_pos_emb
+        config = Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+        odd = torch.nn.Module()
+        odd.config = config
+        odd.attention = modeling_qwen3.Qwen3Attention(config, 0)
+        odd.rope = OddRotaryEmbedding()
+        assert not rotary.fuse(odd)
+        assert modeling_qwen3.apply_rotary_pos_emb is OWN
+    finally:
+        rotary.fuse(engine.model)
+        engine.unload()

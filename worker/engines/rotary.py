@@ -89,15 +89,17 @@ def fuse(model: torch.nn.Module) -> bool:
     if found is None:
         return False
     module, rope, heads, dim = found
-    if module.__name__ in _swapped:
-        return True
-    own = module.apply_rotary_pos_emb
+    own = _swapped.get(module.__name__, module.apply_rotary_pos_emb)
     if list(inspect.signature(own).parameters) != _SIGNATURE:
         return False
     weight = next(model.parameters())
-    if not same(own, rope, heads, dim, weight):
+    if not same(own, rope, heads, dim, weight):  # checked for every model: one of the family may differ
         log.info("rotary: %s keeps its own apply_rotary_pos_emb (the fast form differs)", module.__name__)
+        if module.__name__ in _swapped:  # the swap is module-wide: back to its own for every model of it
+            setattr(module, "apply_rotary_pos_emb", _swapped.pop(module.__name__))  # noqa: B010
         return False
+    if module.__name__ in _swapped:
+        return True
     _swapped[module.__name__] = own
     setattr(module, "apply_rotary_pos_emb", apply_rotary_pos_emb)  # noqa: B010 - a module attribute mypy cannot see
     log.info("rotary: %s uses the fast apply_rotary_pos_emb", module.__name__)
