@@ -1,12 +1,11 @@
 """The GPU benchmark's padding-free section (see bench/gpu.py): packed against padded batches, in eager mode,
 for a decoder embedder (Qwen3-0.6B shape), an encoder embedder and a cross-encoder (BERT-base shape), on
 the same texts, with and without the fused RMSNorm (worker/engines/norms.py) and the fast rotary embedding
-(worker/engines/rotary.py); how far each variant's
-vectors (or scores) are from the padded path's; where the GPU's time goes in the fastest eager variant
-(kernels by kind); the same variant with compiled layers, when time allows.
+(worker/engines/rotary.py); how far each variant's vectors (or scores) are from the eager padded path's;
+where the GPU's time goes in the packed variant (kernels by kind); compiled layers, when time allows.
 
-Every variant runs on one loaded engine (its `packed` flag and norms switched between runs), each on the
-batches the worker would cut for it: by padded size for padded batches, by real tokens for packed ones.
+Every variant runs on one loaded engine (its `packed` flag, norms and rotary switched between runs), each on
+the batches the worker would cut for it: by padded size for padded batches, by real tokens for packed ones.
 """
 
 from __future__ import annotations
@@ -72,9 +71,11 @@ def _rate(plan: Plan, work: Callable[[Any], Any], batches: list[Any], tokens: in
 
 
 def variants(plan: Plan, engine: Any, items: list[Any], lengths: list[int], compute: Callable[[list[Any]], np.ndarray],
-             chosen: tuple[tuple[str, bool, bool, bool], ...]) -> dict[str, Any]:
-    """Each variant's rate (EAGER_VARIANTS) and its outputs' distance from the first variant's."""
-    tokens, result, reference = sum(lengths), {}, None
+             chosen: tuple[tuple[str, bool, bool, bool], ...], reference: np.ndarray | None = None,
+             ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Each variant's rate (EAGER_VARIANTS) and its outputs' distance from `reference` (by default the first
+    variant's outputs); the reference, for later runs to compare with."""
+    tokens, result = sum(lengths), {}
     for name, packed, fused_norms, fast_rotary in chosen:
         try:
             _set(engine, packed, fused_norms, fast_rotary)
@@ -89,7 +90,7 @@ def variants(plan: Plan, engine: Any, items: list[Any], lengths: list[int], comp
             row = {"error": f"{type(exc).__name__}: {exc}"[:1500]}
         result[name] = row
         print(f"  {name}: {row.get('tokens_per_s', row.get('error'))}", flush=True)
-    return result
+    return result, reference
 
 
 def kernel_time(plan: Plan, work: Callable[[Any], Any], batches: list[Any]) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def embedder(plan: Plan, info: ModelInfo, settings: Any, seqs: list[list[int]], 
         return vectors
 
     chosen = EAGER_VARIANTS if decoder else ENCODER_VARIANTS
-    result["eager"] = variants(plan, engine, seqs, lengths, work, chosen)
+    result["eager"], padded = variants(plan, engine, seqs, lengths, work, chosen)
     if plan.device.startswith("cuda"):
         best = max((v for v in result["eager"].values() if "tokens_per_s" in v), key=lambda v: v["tokens_per_s"],
                    default=None)
@@ -140,20 +141,20 @@ def embedder(plan: Plan, info: ModelInfo, settings: Any, seqs: list[list[int]], 
         index = _batches(lengths, plan, True)
         result["kernels_packed"] = kernel_time(plan, work, [[seqs[i] for i in b] for b in index[-3:]])
         if decoder and plan.compile and left_s() > COMPILED_MIN_LEFT_S:
-            result["compiled"] = compiled(plan, engine, seqs, lengths, work)
+            result["compiled"] = compiled(plan, engine, seqs, lengths, work, padded)
     engine.unload()
     return result
 
 
-def compiled(plan: Plan, engine: Any, seqs: list[list[int]], lengths: list[int],
-             work: Callable[[Any], np.ndarray]) -> dict[str, Any]:
-    """Compiled layers (LLM_EMBEDDING_COMPILE), padded then packed, both with the fused norms and rotary."""
+def compiled(plan: Plan, engine: Any, seqs: list[list[int]], lengths: list[int], work: Callable[[Any], np.ndarray],
+             padded: np.ndarray | None) -> dict[str, Any]:
+    """Compiled layers (LLM_EMBEDDING_COMPILE), padded then packed, both with the fused norms and rotary; their
+    vectors against the eager padded ones (`padded`)."""
     try:
         started = time.perf_counter()
         if not compile_layers(engine.model):
             return {"skipped": "no .layers"}
-        row = variants(plan, engine, seqs, lengths, work,
-                       EAGER_VARIANTS[2:])
+        row, _ = variants(plan, engine, seqs, lengths, work, EAGER_VARIANTS[2:], padded)
         row["elapsed_s"] = round(time.perf_counter() - started, 1)
         return row
     except Exception as exc:
@@ -167,7 +168,7 @@ def cross_encoder(plan: Plan, info: ModelInfo, settings: Any,
     pairs = make_pairs(engine)
     lengths = [len(ids) for ids, _ in pairs]
     result: dict[str, Any] = {"packed_at_load": engine.packed, "pairs": len(pairs), "tokens": sum(lengths)}
-    result["eager"] = variants(plan, engine, pairs, lengths, engine.score, ENCODER_VARIANTS)
+    result["eager"], _ = variants(plan, engine, pairs, lengths, engine.score, ENCODER_VARIANTS)
     for row in result["eager"].values():
         if "tokens_per_s" in row:
             row["pairs_per_s"] = round(row["tokens_per_s"] * len(pairs) / sum(lengths))
