@@ -56,8 +56,8 @@ from bench.gpu_timing import (
     Plan,
     compare,
     padded,
+    passes,
     random_ids,
-    run_batches,
     timed,
 )
 from bench.util import machine, output_path, write_json
@@ -89,8 +89,7 @@ class CausalNoMask(torch.nn.Module):
 
 
 def sorted_rate(plan: Plan, work: Callable[[Any], Any], batches: list[Any], tokens: int) -> dict[str, Any]:
-    first_s = run_batches(plan.device, work, batches)  # warm-up (and compilation, when compiled)
-    runs = [run_batches(plan.device, work, batches) for _ in range(plan.repeats)]
+    first_s, runs = passes(plan, work, batches)
     rate = tokens / min(runs)
     return {"sorted_tokens_per_s": round(rate), "goal_met": rate >= GOAL_TOKENS_PER_S,
             "first_pass_s": round(first_s, 2), "sorted_s": [round(x, 3) for x in runs]}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.gpu_timing import Plan, run_batches, sync
+from bench.gpu_timing import Plan, passes, sync
 from common.discovery import ModelInfo
 from worker.engines import norms, rotary
 from worker.engines.base import compile_layers
@@ -64,8 +64,7 @@ def _cosine_gap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _rate(plan: Plan, work: Callable[[Any], Any], batches: list[Any], tokens: int) -> dict[str, Any]:
-    first_s = run_batches(plan.device, work, batches)
-    runs = [run_batches(plan.device, work, batches) for _ in range(plan.repeats)]
+    first_s, runs = passes(plan, work, batches)
     return {"tokens_per_s": round(tokens / min(runs)), "first_pass_s": round(first_s, 3),
             "runs_s": [round(x, 3) for x in runs], "batches": len(batches)}
 

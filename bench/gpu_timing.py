@@ -78,6 +78,13 @@ def run_batches(device: str, work: Callable[[Any], Any], batches: list[Any]) -> 
     return timed(device, lambda: [work(b) for b in batches])
 
 
+def passes(plan: Plan, work: Callable[[Any], Any], batches: list[Any]) -> tuple[float, list[float]]:
+    """Seconds of a first pass over the batches (warm-up, and compilation when compiled), then of each of
+    `plan.repeats` timed passes (a rate is taken from the fastest)."""
+    first_s = run_batches(plan.device, work, batches)
+    return first_s, [run_batches(plan.device, work, batches) for _ in range(plan.repeats)]
+
+
 def padded(batches: list[list[list[int]]]) -> int:
     return sum(len(b) * max(len(s) for s in b) for b in batches)
 
